@@ -1,0 +1,240 @@
+"""The ``mixcodec`` command.
+
+Exit codes: 0 on success, 2 on bad input (one line on stderr, no traceback).
+Outputs are written atomically (temporary file + rename); inputs are never
+overwritten and existing outputs only with ``--force``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import click
+from PIL import Image, UnidentifiedImageError
+
+from . import bitstream
+from .bitstream import FormatError
+from .codec import InputError, compress, decompress
+from .models.registry import DEFAULT_MODEL, ModelNotFound, find_model, installed_models
+
+EXIT_BAD_INPUT = 2
+_EXPECTED_ERRORS = (InputError, FormatError, ModelNotFound, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
+
+
+class BadInput(click.ClickException):
+    """One-line error with exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None) -> None:
+        click.echo(f"mixcodec: error: {self.message}", err=True)
+
+
+def write_atomic(path: Path, data: bytes, force: bool) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    if path.exists() and not force:
+        raise BadInput(f"{path} exists (use --force to overwrite)")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image, checking its size before decoding pixels."""
+    Image.MAX_IMAGE_PIXELS = bitstream.MAX_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(path)
+        bitstream.check_size(image.height, image.width)
+        image.load()
+    return image
+
+
+def _outputs(inputs: tuple[Path, ...], output: Path | None, out_dir: Path | None, suffix: str) -> list[Path]:
+    if output is not None and out_dir is not None:
+        raise BadInput("give either -o or --out-dir, not both")
+    if output is not None and len(inputs) > 1:
+        raise BadInput("-o takes a single input; use --out-dir for several")
+    if output is not None:
+        outs = [output]
+    else:
+        folder = out_dir
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        outs = [(folder or p.parent) / (p.stem + suffix) for p in inputs]
+    resolved_inputs = {p.resolve() for p in inputs}
+    for out in outs:
+        if out.resolve() in resolved_inputs:
+            raise BadInput(f"refusing to overwrite the input {out}")
+    if len({o.resolve() for o in outs}) != len(outs):
+        raise BadInput("several inputs would be written to the same output")
+    return outs
+
+
+def _run_each(inputs, outputs, job, force: bool) -> None:
+    """Run ``job(input) -> bytes`` for each file, with a progress bar for several files."""
+    failures = 0
+    pairs = list(zip(inputs, outputs))
+    if len(pairs) > 1:
+        from tqdm import tqdm
+
+        pairs = tqdm(pairs, unit="file", file=sys.stderr)
+    for src, dst in pairs:
+        try:
+            if dst.exists() and not force:
+                raise BadInput(f"{dst} exists (use --force to overwrite)")
+            write_atomic(dst, job(src), force)
+        except BadInput as exc:
+            failures += 1
+            exc.show()
+        except _EXPECTED_ERRORS as exc:
+            failures += 1
+            BadInput(f"{src}: {exc}").show()
+    if failures:
+        sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mixcodec")
+def main() -> None:
+    """Learned image compression with Gaussian-Laplacian-Logistic mixture models."""
+
+
+@main.command("compress")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Output file (one input only).")
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Installed model name or weight file.")
+@click.option("--quality", type=int, default=None, help="Quality index (default: the model's middle one).")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def compress_command(inputs, output, out_dir, model, quality, force) -> None:
+    """Compress images to .mxc files (default: next to each input)."""
+    try:
+        info = find_model(model, quality)
+    except ModelNotFound as exc:
+        raise BadInput(str(exc)) from None
+    outs = _outputs(inputs, output, out_dir, ".mxc")
+    _run_each(inputs, outs, lambda p: compress(open_image(p), model=info), force)
+
+
+@main.command("decompress")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Output PNG (one input only).")
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def decompress_command(inputs, output, out_dir, force) -> None:
+    """Decode .mxc files to PNG images (default: next to each input)."""
+    outs = _outputs(inputs, output, out_dir, ".png")
+
+    def job(path: Path) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        decompress(path.read_bytes()).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    _run_each(inputs, outs, job, force)
+
+
+@main.command("info")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+def info_command(path: Path) -> None:
+    """Describe a .mxc file: model, size, bytes, bpp, per-stream sizes."""
+    try:
+        data = path.read_bytes()
+        header, z_stream, y_stream = bitstream.parse(data)
+    except (OSError, FormatError) as exc:
+        raise BadInput(f"{path}: {exc}") from None
+    pixels = header.height * header.width
+    click.echo(f"model:    {header.model} quality {header.quality} (weights {header.digest.hex()})")
+    click.echo(f"image:    {header.width}x{header.height} {header.mode}")
+    click.echo(f"bytes:    {len(data)} ({8 * len(data) / pixels:.4f} bpp)")
+    click.echo(f"streams:  z {len(z_stream)} B, y {len(y_stream)} B, header+crc {len(data) - len(z_stream) - len(y_stream)} B")
+    click.echo(f"latents:  {header.active.size}/{header.channels} channels coded, {header.schedule} schedule")
+
+
+@main.command("models")
+def models_command() -> None:
+    """List the installed models with their measured Kodak rate-distortion."""
+    rows = installed_models()
+    if not rows:
+        click.echo("no models installed")
+        return
+    click.echo(f"{'name':<16}{'q':>3}{'N':>5}{'lambda':>9}  {'metric':<8}{'bpp':>7}{'PSNR':>7}{'MS-SSIM':>9}  sha256")
+    for info in rows:
+        k = info.kodak
+        cells = [f"{k[key]:{fmt}}" if key in k else "-" for key, fmt in (("bpp", ".3f"), ("psnr", ".2f"), ("ms_ssim", ".4f"))]
+        click.echo(
+            f"{info.name:<16}{info.quality:>3}{info.config.n:>5}{info.lmbda:>9.4g}  {info.metric:<8}{cells[0]:>7}{cells[1]:>7}{cells[2]:>9}  {info.sha256[:16]}"
+        )
+
+
+@main.command("sample")
+@click.argument("output", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def sample_command(output: Path, force: bool) -> None:
+    """Write a sample photo (Grace Hopper, 512x600, shipped with matplotlib) as PNG."""
+    import io
+
+    from matplotlib import cbook
+
+    buffer = io.BytesIO()
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+        image.convert("RGB").save(buffer, format="PNG")
+    write_atomic(output, buffer.getvalue(), force)
+    click.echo(f"wrote {output}")
+
+
+@main.command("train")
+@click.option("--preset", default="cpu-gllmm-n64", show_default=True, help="Preset name or TOML file.")
+@click.option("--data", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True), help="Folder of training images.")
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Run folder (checkpoints, log).")
+@click.option("--lmbda", type=float, help="Override the preset's lambda.")
+@click.option("--metric", type=click.Choice(["mse", "ms-ssim"]), help="Override the preset's distortion metric.")
+@click.option("--steps", type=int, help="Override the preset's number of steps.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt if it exists.")
+@click.option("--init", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Start from another checkpoint's weights.")
+def train_command(preset, data, out, lmbda, metric, steps, resume, init) -> None:
+    """Train a model (see the presets for every hyperparameter)."""
+    import dataclasses
+
+    from .train import load_preset, train
+
+    cfg = load_preset(preset)
+    overrides = {k: v for k, v in {"lmbda": lmbda, "metric": metric, "steps": steps}.items() if v is not None}
+    train(dataclasses.replace(cfg, **overrides), data, out, resume=resume, init=init)
+
+
+@main.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--name", default=DEFAULT_MODEL, show_default=True)
+@click.option("--quality", type=int, required=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def export_command(checkpoint, output, name, quality, force) -> None:
+    """Write a training checkpoint as an fp16 safetensors weight file."""
+    import torch
+
+    from .models.context_model import ModelConfig
+    from .models.registry import export
+    from .train import TrainConfig
+
+    if output.exists() and not force:
+        raise BadInput(f"{output} exists (use --force to overwrite)")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    train_cfg = TrainConfig(**state.get("train_config", {}))
+    info = export(state["model"], ModelConfig.from_json(state["config"]), output, name=name, quality=quality, lmbda=train_cfg.lmbda, metric=train_cfg.metric)
+    click.echo(f"wrote {info.path} (sha256 {info.sha256})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

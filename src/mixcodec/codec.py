@@ -1,0 +1,129 @@
+"""Public compress/decompress API.
+
+Input conversion rule: RGB images are coded as they are; grayscale (``L``, ``1``,
+``P`` without colour, 16-bit ``I;16``/``I``) images are coded as RGB and decoded to
+``L``; 16-bit and 32-bit integer images are reduced to 8 bits (``round(v / 257)``);
+palette and CMYK/YCbCr images are converted to RGB by Pillow; an alpha channel is
+dropped when fully opaque and refused otherwise (flatten it first).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from . import bitstream, context_coding
+from .entropy.distributions import LATENT_MAX, LATENT_MIN
+from .models.context_model import PAD_MULTIPLE, ContextMixtureModel
+from .models.registry import DEFAULT_MODEL, ModelInfo, find_model, load_model
+
+
+class InputError(ValueError):
+    """An image that the codec does not accept (with a one-line reason)."""
+
+
+def to_rgb_array(image: Image.Image | np.ndarray) -> tuple[np.ndarray, str]:
+    """Apply the input conversion rule; returns ``(HxWx3 uint8 array, "RGB" | "L")``."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"arrays must be HxWx3 uint8, got {image.dtype} of shape {image.shape}")
+        bitstream.check_size(image.shape[0], image.shape[1])
+        return np.ascontiguousarray(image), "RGB"
+    bitstream.check_size(image.height, image.width)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.round(wide / 257), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2), "L"
+    if mode == "F":
+        raise InputError("floating-point images are not supported; convert to 8-bit first")
+    if "A" in mode or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        if np.asarray(rgba)[:, :, 3].min() < 255:
+            raise InputError("images with transparency are not supported; flatten the alpha channel first")
+        image = rgba.convert("RGB" if mode not in ("LA", "La") else "L")
+        mode = image.mode
+    if mode in ("L", "1"):
+        gray = np.asarray(image.convert("L"))
+        return np.repeat(gray[:, :, None], 3, axis=2), "L"
+    return np.asarray(image.convert("RGB")), "RGB"
+
+
+def _pad(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad ``(1, 3, H, W)`` on the bottom/right to multiples of :data:`PAD_MULTIPLE`."""
+    h, w = x.shape[2:]
+    ph, pw = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
+    while ph or pw:  # replicate padding is limited to the input size per call
+        step_h, step_w = min(ph, x.shape[2]), min(pw, x.shape[3])
+        x = F.pad(x, (0, step_w, 0, step_h), mode="replicate")
+        ph, pw = ph - step_h, pw - step_w
+    return x
+
+
+def quantize_latents(model: ContextMixtureModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ŷ, ẑ)`` of a padded image ``(1, 3, H, W)`` in ``[0, 1]``: the values a file stores."""
+    with torch.no_grad():
+        y = model.analyse(x)
+        z = model.h_a(y)
+        medians = model.prior.medians.view(1, -1, 1, 1)
+        z_hat = torch.round(z - medians).clamp(LATENT_MIN, LATENT_MAX) + medians
+        return torch.round(y), z_hat
+
+
+def reconstruct(model: ContextMixtureModel, y_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """Synthesize ``ŷ`` and crop to ``height x width``: HxWx3 uint8."""
+    with torch.no_grad():
+        x_hat = model.g_s(y_hat)[0, :, :height, :width].clamp(0, 1)
+    return (x_hat * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def compress(
+    image: Image.Image | np.ndarray, model: str | ModelInfo = DEFAULT_MODEL, quality: int | None = None, schedule: str = "wavefront"
+) -> bytes:
+    """Compress an image into the bytes of a ``.mxc`` file.
+
+    Args:
+        image: PIL image (converted by the module's rule) or HxWx3 uint8 array.
+        model: installed model name, path of a weight file, or a :class:`ModelInfo`.
+        quality: quality index of the model (default: the model's middle quality).
+        schedule: context decoding order, ``"wavefront"`` (fast) or ``"raster"``.
+    """
+    info = model if isinstance(model, ModelInfo) else find_model(model, quality)
+    array, mode = to_rgb_array(image)
+    net = load_model(info)
+    x = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous().float() / 255
+    y_hat, z_hat = quantize_latents(net, _pad(x))
+    z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule)
+    header = bitstream.Header(
+        model=info.name, quality=info.quality, digest=info.digest, height=array.shape[0], width=array.shape[1],
+        mode=mode, schedule=schedule, active=active, channels=info.config.n,
+    )
+    return bitstream.pack(header, z_stream, y_stream)
+
+
+def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstream.Header, ContextMixtureModel, torch.Tensor]:
+    """Parse a file and decode its ``ŷ``: ``(header, model, ŷ (1, n, H/16, W/16))``."""
+    header, z_stream, y_stream = bitstream.parse(data)
+    info = model or find_model(header.model, header.quality, header.digest)
+    if info.digest != header.digest or info.config.n != header.channels:
+        raise bitstream.FormatError(f"the file was written with other weights than {info.path.name}")
+    net = load_model(info)
+    padded = (header.height + (-header.height % PAD_MULTIPLE), header.width + (-header.width % PAD_MULTIPLE))
+    latent_size = (padded[0] // 16, padded[1] // 16)
+    y_hat = context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule)
+    return header, net, y_hat
+
+
+def decompress(data: bytes, model: ModelInfo | None = None) -> Image.Image:
+    """Decode the bytes of a ``.mxc`` file to a PIL image (``RGB``, or ``L`` for grayscale input).
+
+    Raises:
+        bitstream.FormatError: the data is not a valid file.
+        ModelNotFound: the model that wrote it is not installed.
+    """
+    header, net, y_hat = decode_latents(data, model)
+    array = reconstruct(net, y_hat, header.height, header.width)
+    image = Image.fromarray(array, "RGB")
+    return image.convert("L") if header.mode == "L" else image

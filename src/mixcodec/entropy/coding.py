@@ -1,0 +1,87 @@
+"""Range coding of integer symbols with batched PMF tables (``constriction``).
+
+Every call codes a whole batch of symbols with one ``Categorical(perfect=False)``
+model call.  Each row of a batch has a *window* of ``W`` consecutive values
+``offsets[i] .. offsets[i] + W - 1`` with explicit probabilities, plus one
+*escape* symbol.  A value outside its window is coded as the escape symbol
+followed by the value itself under a uniform model over the whole latent range
+``[LATENT_MIN, LATENT_MAX]``; so every value in range round-trips whatever the
+model predicted.  The escape symbol gets the mass the window does not cover,
+but never less than ``ESCAPE_MIN``.
+
+What is exact: given bit-identical ``pmf`` and ``offsets`` arrays, the decoder
+returns exactly the encoded values (``constriction`` quantizes the float PMF
+deterministically).  Encoder and decoder must therefore build the tables from
+bit-identical inputs with the same code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import constriction
+
+from .distributions import LATENT_MAX, LATENT_MIN
+
+ESCAPE_MIN = 1e-7
+_RANGE_SIZE = LATENT_MAX - LATENT_MIN + 1
+_CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
+_UNIFORM = constriction.stream.model.Uniform(_RANGE_SIZE)
+RangeEncoder = constriction.stream.queue.RangeEncoder
+RangeDecoder = constriction.stream.queue.RangeDecoder
+
+
+def _with_escape(pmf: np.ndarray) -> np.ndarray:
+    """``(n, W)`` window probabilities -> ``(n, W + 1)`` table with the escape column last."""
+    escape = np.maximum(1.0 - pmf.sum(axis=1, keepdims=True), ESCAPE_MIN)
+    return np.ascontiguousarray(np.concatenate([pmf, escape], axis=1), dtype=np.float64)
+
+
+def encode_symbols(encoder: RangeEncoder, values: np.ndarray, pmf: np.ndarray, offsets: np.ndarray) -> None:
+    """Append ``values`` (int, shape ``(n,)``, inside the latent range) to ``encoder``.
+
+    Args:
+        pmf: ``(n, W)`` probabilities of the window values (need not sum to one).
+        offsets: ``(n,)`` integer value of column 0 of each row.
+    """
+    if values.size == 0:
+        return
+    values = values.astype(np.int64)
+    if values.min() < LATENT_MIN or values.max() > LATENT_MAX:
+        raise ValueError("value outside the latent range")
+    width = pmf.shape[1]
+    index = values - offsets
+    outside = (index < 0) | (index >= width)
+    symbols = np.where(outside, width, index).astype(np.int32)
+    encoder.encode(symbols, _CATEGORICAL, _with_escape(pmf))
+    if outside.any():
+        encoder.encode((values[outside] - LATENT_MIN).astype(np.int32), _UNIFORM)
+
+
+def decode_symbols(decoder: RangeDecoder, pmf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_symbols`: returns the ``(n,)`` int64 values."""
+    if pmf.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    width = pmf.shape[1]
+    symbols = decoder.decode(_CATEGORICAL, _with_escape(pmf)).astype(np.int64)
+    values = symbols + offsets
+    outside = symbols == width
+    if outside.any():
+        values[outside] = decoder.decode(_UNIFORM, int(outside.sum())).astype(np.int64) + LATENT_MIN
+    return values
+
+
+def new_encoder() -> RangeEncoder:
+    """A fresh range encoder."""
+    return RangeEncoder()
+
+
+def finish(encoder: RangeEncoder) -> bytes:
+    """The encoder's compressed words as little-endian bytes."""
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
+def new_decoder(data: bytes) -> RangeDecoder:
+    """A range decoder over bytes written by :func:`finish` (length must be a multiple of 4)."""
+    if len(data) % 4:
+        raise ValueError("stream length is not a multiple of 4 bytes")
+    return RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))

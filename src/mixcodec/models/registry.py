@@ -1,0 +1,132 @@
+"""Trained models: the set shipped inside the package, and loading/exporting weight files.
+
+Weights are fp16 safetensors files whose metadata hold the model config (JSON)
+and a description (name, quality, λ, metric, measured Kodak RD).  Loading never
+unpickles anything.  A file's *digest* is the SHA-256 of its bytes; ``.mxc``
+files record its first 8 bytes so a stream is never decoded with other weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from .context_model import ContextMixtureModel, ModelConfig
+
+DEFAULT_MODEL = "gllmm"
+
+
+class ModelNotFound(LookupError):
+    """No installed model matches the requested name/quality/digest."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Description of one weight file."""
+
+    name: str
+    quality: int
+    path: Path
+    sha256: str
+    config: ModelConfig
+    lmbda: float = 0.0
+    metric: str = "mse"
+    kodak: dict = field(default_factory=dict, hash=False, compare=False)  # measured bpp/psnr/ms_ssim
+
+    @property
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.sha256)[:8]
+
+
+def read_info(path: Path) -> ModelInfo:
+    """Read the metadata of a weight file (no tensors are loaded)."""
+    data = Path(path).read_bytes()
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    if "config" not in meta:
+        raise ValueError(f"{path} is not a mixcodec weight file (no config in its metadata)")
+    return ModelInfo(
+        name=meta.get("name", Path(path).stem),
+        quality=int(meta.get("quality", 0)),
+        path=Path(path),
+        sha256=hashlib.sha256(data).hexdigest(),
+        config=ModelConfig.from_json(meta["config"]),
+        lmbda=float(meta.get("lmbda", 0.0)),
+        metric=meta.get("metric", "mse"),
+        kodak=json.loads(meta.get("kodak", "{}")),
+    )
+
+
+#: Environment variable with extra folders of weight files (``os.pathsep``-separated).
+MODELS_ENV = "MIXCODEC_MODELS"
+
+
+def model_folders() -> list[Path]:
+    """``mixcodec/weights`` followed by the folders named in ``$MIXCODEC_MODELS``."""
+    extra = [Path(p) for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p]
+    return [Path(str(resources.files("mixcodec") / "weights")), *extra]
+
+
+def installed_models() -> list[ModelInfo]:
+    """Models in :func:`model_folders`, sorted by name and quality."""
+    paths = [p for folder in model_folders() if folder.is_dir() for p in sorted(folder.glob("*.safetensors"))]
+    return sorted((read_info(p) for p in paths), key=lambda i: (i.name, i.quality))
+
+
+def find_model(name: str = DEFAULT_MODEL, quality: int | None = None, digest: bytes | None = None) -> ModelInfo:
+    """The installed model ``name`` at ``quality`` (default: the middle quality).
+
+    ``name`` may also be the path of a weight file.
+    """
+    if name.endswith(".safetensors") and Path(name).exists():
+        return read_info(Path(name))
+    candidates = [i for i in installed_models() if i.name == name]
+    if not candidates:
+        known = sorted({i.name for i in installed_models()})
+        raise ModelNotFound(f"no installed model named {name!r} (installed: {', '.join(known) or 'none'})")
+    if digest is not None:
+        match = [i for i in candidates if i.digest == digest and (quality is None or i.quality == quality)]
+        if not match:
+            raise ModelNotFound(f"the file was written with {name} quality {quality} (weights {digest.hex()}), which is not installed")
+        return match[0]
+    if quality is None:
+        return candidates[len(candidates) // 2]
+    for info in candidates:
+        if info.quality == quality:
+            return info
+    raise ModelNotFound(f"{name} has no quality {quality} (available: {', '.join(str(i.quality) for i in candidates)})")
+
+
+@lru_cache(maxsize=8)
+def load_model(info: ModelInfo) -> ContextMixtureModel:
+    """Build the model of ``info`` in float32, evaluation mode."""
+    model = ContextMixtureModel(info.config)
+    with safe_open(str(info.path), framework="pt") as handle:
+        state = {key: handle.get_tensor(key).float() for key in handle.keys()}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def export(state_dict: dict[str, torch.Tensor], config: ModelConfig, path: Path, **meta) -> ModelInfo:
+    """Write an fp16 safetensors weight file with ``config`` and ``meta`` in its metadata.
+
+    ``meta`` may hold ``name``, ``quality``, ``lmbda``, ``metric`` and ``kodak`` (a dict).
+    """
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state_dict.items()}
+    metadata = {"config": config.to_json()}
+    for key, value in meta.items():
+        metadata[key] = json.dumps(value) if isinstance(value, dict) else str(value)
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(save(tensors, metadata))
+    tmp.replace(path)
+    return read_info(path)

@@ -1,0 +1,215 @@
+"""Training loop: random crops of a folder of images, main + aux optimizers, checkpoints.
+
+Run ``mixcodec train --preset cpu-gllmm-n64 --lmbda 0.0067 --out runs/q3`` (see
+``presets/`` for every hyperparameter).  Checkpoints (``last.pt``) hold model,
+optimizers, step and config, and are written atomically every
+``checkpoint_minutes``; ``--resume`` continues from one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import random
+import time
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from .losses import rate_distortion_loss
+from .models.context_model import ARCHITECTURES, ContextMixtureModel, ModelConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a run (presets in ``mixcodec/presets/*.toml``)."""
+
+    architecture: str = "gllmm"
+    n: int = 128
+    family: str = ""  # empty: the architecture's own family
+    metric: str = "mse"
+    lmbda: float = 0.0067
+    crop: int = 256
+    batch: int = 8
+    steps: int = 1_500_000
+    lr: float = 1e-4
+    lr_final: float = 1e-5
+    lr_drop_at: float = 0.9  # fraction of ``steps`` after which ``lr_final`` is used
+    aux_lr: float = 1e-3
+    clip_norm: float = 1.0
+    bf16: bool = False
+    channels_last: bool = False
+    threads: int = 0  # 0: torch default
+    min_downscale: float = 1.0  # random down-scaling factor in [min_downscale, 1]
+    checkpoint_minutes: float = 10.0
+    log_every: int = 50
+    seed: int = 0
+
+    def model_config(self) -> ModelConfig:
+        base = ARCHITECTURES[self.architecture]
+        return dataclasses.replace(base, n=self.n, family=self.family or base.family)
+
+
+def load_preset(name_or_path: str) -> TrainConfig:
+    """A preset by name (``cpu-gllmm-n64``) or a TOML file path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.exists():
+        text = path.read_text()
+    else:
+        text = resources.files("mixcodec.presets").joinpath(f"{name_or_path}.toml").read_text()
+    return TrainConfig(**tomllib.loads(text))
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class CropSampler:
+    """Random crops (with random flips and optional down-scaling) from images held in memory.
+
+    Args:
+        folder: images (any size at least ``crop`` on both sides after down-scaling).
+        crop: side of the square crops.
+        min_downscale: each crop comes from the image scaled by a random factor in
+            ``[min_downscale, 1]``, which makes the training content more like photos
+            viewed at lower resolution.
+    """
+
+    def __init__(self, folder: Path, crop: int, min_downscale: float = 1.0, seed: int = 0):
+        self.crop = crop
+        self.min_downscale = min_downscale
+        self.rng = random.Random(seed)
+        self.images = []
+        for path in list_images(folder):
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if min(im.size) >= crop:
+                    self.images.append(im.copy())
+        if not self.images:
+            raise ValueError(f"no images of at least {crop}x{crop} under {folder}")
+
+    def sample(self, batch: int) -> torch.Tensor:
+        """``(batch, 3, crop, crop)`` float32 in ``[0, 1]``."""
+        crops = []
+        for _ in range(batch):
+            im = self.rng.choice(self.images)
+            w, h = im.size
+            scale = self.rng.uniform(max(self.min_downscale, self.crop / min(w, h)), 1.0)
+            size = max(self.crop, round(self.crop / scale))
+            x0, y0 = self.rng.randint(0, w - size), self.rng.randint(0, h - size)
+            patch = im.crop((x0, y0, x0 + size, y0 + size))
+            if size != self.crop:
+                patch = patch.resize((self.crop, self.crop), Image.Resampling.BICUBIC)
+            array = np.asarray(patch)
+            if self.rng.random() < 0.5:
+                array = array[:, ::-1]
+            crops.append(torch.from_numpy(array.copy()))
+        # contiguous NCHW: channels-last strides hit a crash in torch 2.13 CPU conv backward
+        return torch.stack(crops).permute(0, 3, 1, 2).contiguous().float() / 255
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The config as a TOML preset (round-trips through :func:`load_preset`)."""
+    lines = []
+    for key, value in dataclasses.asdict(cfg).items():
+        text = str(value).lower() if isinstance(value, bool) else f'"{value}"' if isinstance(value, str) else repr(value)
+        lines.append(f"{key} = {text}\n")
+    return "".join(lines)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr if step < cfg.lr_drop_at * cfg.steps else cfg.lr_final
+
+
+def train(cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: Path | None = None) -> Path:
+    """Train (or continue) a model; returns the path of the last checkpoint."""
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = ContextMixtureModel(cfg.model_config())
+    aux_params = [model.prior.quantiles]
+    main_params = [p for n, p in model.named_parameters() if n != "prior.quantiles"]
+    optimizer = torch.optim.Adam(main_params, lr=cfg.lr)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
+    step = 0
+    ckpt_path = out / "last.pt"
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        aux_optimizer.load_state_dict(state["aux_optimizer"])
+        step = state["step"]
+    elif init is not None:
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"] if "model" in state else state)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    sampler = CropSampler(data, cfg.crop, cfg.min_downscale, seed=cfg.seed + step)
+    log_path = out / "log.csv"
+    new_log = not log_path.exists()
+    log_file = log_path.open("a", newline="")
+    log = csv.writer(log_file)
+    if new_log:
+        log.writerow(["step", "time_s", "lr", "loss", "bpp", "psnr", "aux"])
+    (out / "config.toml").write_text(to_toml(cfg))
+    last_save = time.monotonic()
+    start = time.monotonic()
+    sums: dict[str, float] = {}
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=step, dynamic_ncols=True, mininterval=5)
+    while step < cfg.steps:
+        lr = learning_rate(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = sampler.sample(cfg.batch)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            output = model(x)
+        result = rate_distortion_loss(output, x, cfg.lmbda, cfg.metric)
+        optimizer.zero_grad(set_to_none=True)
+        result["loss"].backward()
+        if cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(main_params, cfg.clip_norm)
+        optimizer.step()
+        aux = model.aux_loss()
+        aux_optimizer.zero_grad(set_to_none=True)
+        aux.backward()
+        aux_optimizer.step()
+        step += 1
+        for key in ("loss", "bpp", "psnr"):
+            sums[key] = sums.get(key, 0.0) + float(result[key])
+        if not math.isfinite(float(result["loss"])):
+            raise FloatingPointError(f"non-finite loss at step {step}")
+        if step % cfg.log_every == 0:
+            means = {k: v / cfg.log_every for k, v in sums.items()}
+            log.writerow([step, round(time.monotonic() - start, 1), lr, *(round(means[k], 5) for k in ("loss", "bpp", "psnr")), round(float(aux), 3)])
+            log_file.flush()
+            bar.set_postfix(loss=f"{means['loss']:.4f}", bpp=f"{means['bpp']:.3f}", psnr=f"{means['psnr']:.2f}")
+            sums.clear()
+        bar.update(1)
+        if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(), "step": step, "config": model.config.to_json(), "train_config": dataclasses.asdict(cfg)}
+            _atomic_save(state, ckpt_path)
+            last_save = time.monotonic()
+    bar.close()
+    log_file.close()
+    return ckpt_path
