@@ -178,6 +178,60 @@ def models_command() -> None:
         )
 
 
+@main.command("eval")
+@click.argument("dataset", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--models", default=DEFAULT_MODEL, show_default=True, help="Comma-separated installed model names or weight files ('' for none).")
+@click.option("--codecs", default="jpeg,webp,avif", show_default=True, help="Comma-separated classic codecs ('' for none).")
+@click.option("--reference", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="CSV of published RD points to plot and compare.")
+@click.option("--limit", type=int, help="Use only the first N images.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False))
+def eval_command(dataset, models, codecs, reference, limit, out) -> None:
+    """Rate-distortion of models and classic codecs on a folder of images (real files)."""
+    from tqdm import tqdm
+
+    from . import eval as ev
+    from .train import list_images
+
+    images = list_images(dataset)[:limit]
+    if not images:
+        raise BadInput(f"no images under {dataset}")
+    available = ev.classic_codecs()
+    under_test = []
+    for name in filter(None, models.split(",")):
+        paths = [Path(p) for p in name.split("+")]
+        if all(p.suffix == ".safetensors" for p in paths):
+            from .models.registry import read_info
+
+            infos = [read_info(p) for p in paths]
+        else:
+            infos = [i for i in installed_models() if i.name == name]
+        if not infos:
+            raise BadInput(f"no installed model named {name!r}")
+        under_test.append(ev.learned_codec(infos))
+    for name in filter(None, codecs.split(",")):
+        if name not in available:
+            raise BadInput(f"unknown codec {name!r} (known: {', '.join(available)})")
+        under_test.append(available[name]())
+    total = len(images) * sum(len(c.qualities) for c in under_test)
+    rows = []
+    with tqdm(total=total, unit="file", file=sys.stderr) as bar:
+        for candidate in under_test:
+            rows += ev.evaluate(candidate, images, progress=lambda: bar.update(1))
+    result = ev.write_results(rows, out)
+    published = ev.read_reference(reference) if reference else None
+    ev.plot_rd(result["curves"], out / "rd.png", published)
+    for name, points in result["curves"].items():
+        click.echo(f"{name}:")
+        for p in points:
+            click.echo(f"  q={p['quality']:<6g} bpp={p['bpp']:.4f} PSNR={p['psnr']:.2f} MS-SSIM={p['ms_ssim']:.4f} enc={p['encode_s']:.2f}s dec={p['decode_s']:.2f}s")
+    names = list(result["curves"])
+    click.echo("BD-rate % (PSNR), row vs column anchor:")
+    click.echo(" " * 14 + "".join(f"{n[:12]:>13}" for n in names))
+    for n in names:
+        click.echo(f"{n[:13]:<14}" + "".join(f"{result['bd_rate'][n][a]['psnr']:>13.1f}" for a in names))
+    click.echo(f"wrote {out / 'rows.csv'}, {out / 'results.json'}, {out / 'rd.png'}")
+
+
 @main.command("sample")
 @click.argument("output", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")

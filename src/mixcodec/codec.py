@@ -93,7 +93,7 @@ def compress(
     info = model if isinstance(model, ModelInfo) else find_model(model, quality)
     array, mode = to_rgb_array(image)
     net = load_model(info)
-    x = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous().float() / 255
+    x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
     y_hat, z_hat = quantize_latents(net, _pad(x))
     z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule)
     header = bitstream.Header(

@@ -37,6 +37,7 @@ class TrainConfig:
     architecture: str = "gllmm"
     n: int = 128
     family: str = ""  # empty: the architecture's own family
+    hidden: list[int] = dataclasses.field(default_factory=list)  # empty: the architecture's widths
     metric: str = "mse"
     lmbda: float = 0.0067
     crop: int = 256
@@ -57,7 +58,7 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         base = ARCHITECTURES[self.architecture]
-        return dataclasses.replace(base, n=self.n, family=self.family or base.family)
+        return dataclasses.replace(base, n=self.n, family=self.family or base.family, hidden=tuple(self.hidden) or base.hidden)
 
 
 def load_preset(name_or_path: str) -> TrainConfig:
@@ -123,7 +124,12 @@ def to_toml(cfg: TrainConfig) -> str:
     """The config as a TOML preset (round-trips through :func:`load_preset`)."""
     lines = []
     for key, value in dataclasses.asdict(cfg).items():
-        text = str(value).lower() if isinstance(value, bool) else f'"{value}"' if isinstance(value, str) else repr(value)
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, str):
+            text = f'"{value}"'
+        else:
+            text = repr(value)  # numbers, and lists of numbers (same syntax in TOML)
         lines.append(f"{key} = {text}\n")
     return "".join(lines)
 
@@ -196,7 +202,7 @@ def train(cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: P
         aux_optimizer.step()
         step += 1
         for key in ("loss", "bpp", "psnr"):
-            sums[key] = sums.get(key, 0.0) + float(result[key])
+            sums[key] = sums.get(key, 0.0) + float(result[key].detach())
         if not math.isfinite(float(result["loss"])):
             raise FloatingPointError(f"non-finite loss at step {step}")
         if step % cfg.log_every == 0:

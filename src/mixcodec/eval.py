@@ -1,0 +1,250 @@
+"""Rate-distortion evaluation from real files: our models and classic codecs.
+
+Every image is encoded to bytes and decoded; the rate is ``8 * len(file) / pixels``
+(headers included) and the distortion is measured on the decoded 8-bit RGB image.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_msssim import ms_ssim
+
+from . import __version__, codec
+from .models.registry import ModelInfo
+from .train import list_images
+
+
+@dataclass
+class Row:
+    """One image coded at one quality."""
+
+    codec: str
+    quality: float
+    image: str
+    bytes: int
+    bpp: float
+    psnr: float
+    ms_ssim: float
+    ms_ssim_db: float
+    encode_s: float
+    decode_s: float
+
+
+def psnr_rgb(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) between two HxWx3 uint8 images."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / mse)) if mse > 0 else float("inf")
+
+
+def ms_ssim_rgb(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM (5 scales) on 8-bit RGB, data range 255; NaN for images under 161 px a side."""
+    if min(a.shape[:2]) < 161:
+        return float("nan")
+    ta = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].double()
+    tb = torch.from_numpy(b.copy()).permute(2, 0, 1)[None].double()
+    return float(ms_ssim(ta, tb, data_range=255))
+
+
+@dataclass
+class CodecUnderTest:
+    """A codec at a list of qualities: ``encode(array, quality) -> bytes``, ``decode(bytes) -> array``."""
+
+    name: str
+    qualities: list[float]
+    encode: Callable[[np.ndarray, float], bytes]
+    decode: Callable[[bytes], np.ndarray]
+
+
+def _pillow_codec(name: str, fmt: str, qualities: list[float], **options) -> CodecUnderTest:
+    def encode(array: np.ndarray, quality: float) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format=fmt, quality=int(quality), **options)
+        return buffer.getvalue()
+
+    def decode(data: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    return CodecUnderTest(name, qualities, encode, decode)
+
+
+def classic_codecs() -> dict[str, Callable[[], CodecUnderTest]]:
+    """Classic codecs through Pillow, with quality sweeps covering about 0.1-1.5 bpp on Kodak."""
+    return {
+        "jpeg": lambda: _pillow_codec("jpeg", "JPEG", [5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90]),
+        "webp": lambda: _pillow_codec("webp", "WEBP", [2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90], method=6),
+        "avif": lambda: _pillow_codec("avif", "AVIF", [5, 10, 20, 30, 40, 50, 60, 70, 80], speed=4),
+    }
+
+
+def learned_codec(infos: list[ModelInfo]) -> CodecUnderTest:
+    """Our models (one quality per weight file) as a codec."""
+    by_quality = {float(i.quality): i for i in infos}
+
+    def encode(array: np.ndarray, quality: float) -> bytes:
+        return codec.compress(array, model=by_quality[quality])
+
+    def decode(data: bytes) -> np.ndarray:
+        header = codec.bitstream.parse(data)[0]
+        return np.asarray(codec.decompress(data, model=by_quality[float(header.quality)]).convert("RGB"))
+
+    return CodecUnderTest(infos[0].name, sorted(by_quality), encode, decode)
+
+
+def evaluate(codec_: CodecUnderTest, images: Iterable[Path], progress: Callable[[], None] | None = None) -> list[Row]:
+    """Encode and decode every image at every quality; one :class:`Row` each."""
+    rows = []
+    for path in images:
+        with Image.open(path) as im:
+            original = np.asarray(im.convert("RGB"))
+        pixels = original.shape[0] * original.shape[1]
+        for quality in codec_.qualities:
+            t0 = time.perf_counter()
+            data = codec_.encode(original, quality)
+            t1 = time.perf_counter()
+            decoded = codec_.decode(data)
+            t2 = time.perf_counter()
+            score = ms_ssim_rgb(original, decoded)
+            rows.append(
+                Row(codec_.name, quality, path.name, len(data), 8 * len(data) / pixels, psnr_rgb(original, decoded), score,
+                    float(-10 * np.log10(max(1 - score, 1e-12))), t1 - t0, t2 - t1)
+            )
+            if progress:
+                progress()
+    return rows
+
+
+def mean_curve(rows: list[Row]) -> dict[str, list[dict]]:
+    """Per codec, the mean bpp/PSNR/MS-SSIM over images at each quality, sorted by bpp."""
+    curves: dict[str, list[dict]] = {}
+    for name in sorted({r.codec for r in rows}):
+        points = []
+        for quality in sorted({r.quality for r in rows if r.codec == name}):
+            sel = [r for r in rows if r.codec == name and r.quality == quality]
+            point = {"quality": quality, "images": len(sel)}
+            for key in ("bpp", "psnr", "ms_ssim", "ms_ssim_db", "encode_s", "decode_s"):
+                point[key] = float(np.mean([getattr(r, key) for r in sel]))
+            points.append(point)
+        curves[name] = sorted(points, key=lambda p: p["bpp"])
+    return curves
+
+
+def bd_rate(rate_a: list[float], dist_a: list[float], rate_b: list[float], dist_b: list[float]) -> float:
+    """Bjøntegaard delta rate (percent) of curve B relative to anchor A.
+
+    Cubic fits of ``log(rate)`` as a function of distortion (PSNR or MS-SSIM dB),
+    integrated over the overlapping distortion interval.  Negative: B needs fewer bits.
+    Returns NaN when the curves do not overlap or have fewer than 4 points.
+    """
+    if min(len(rate_a), len(rate_b)) < 4:
+        return float("nan")
+    lo = max(min(dist_a), min(dist_b))
+    hi = min(max(dist_a), max(dist_b))
+    if hi <= lo:
+        return float("nan")
+    integrals = []
+    for rate, dist in ((rate_a, dist_a), (rate_b, dist_b)):
+        poly = np.polyint(np.polyfit(dist, np.log(rate), 3))
+        integrals.append((np.polyval(poly, hi) - np.polyval(poly, lo)) / (hi - lo))
+    return float((np.exp(integrals[1] - integrals[0]) - 1) * 100)
+
+
+def environment() -> dict:
+    """Machine and versions, recorded with every result."""
+    import PIL
+
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": platform.machine(),
+        "processor": platform.processor() or _cpu_model(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pillow": PIL.__version__,
+        "mixcodec": __version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def write_results(rows: list[Row], out: Path) -> dict:
+    """Write ``rows.csv`` and ``results.json`` (curves, BD-rates, environment) to ``out``."""
+    import csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "rows.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    curves = mean_curve(rows)
+    result = {"environment": environment(), "curves": curves, "bd_rate": bd_table(curves)}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def bd_table(curves: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, float]]]:
+    """BD-rate (PSNR and MS-SSIM dB) of every curve (rows) against every anchor (columns)."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name, points in curves.items():
+        table[name] = {}
+        for anchor, ref in curves.items():
+            table[name][anchor] = {
+                metric: bd_rate([p["bpp"] for p in ref], [p[metric] for p in ref], [p["bpp"] for p in points], [p[metric] for p in points])
+                for metric in ("psnr", "ms_ssim_db")
+            }
+    return table
+
+
+def plot_rd(curves: dict[str, list[dict]], path: Path, reference: dict[str, list[dict]] | None = None) -> None:
+    """RD plot (PNG): bpp vs PSNR and bpp vs MS-SSIM dB; ``reference`` curves dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, metric, label in ((axes[0], "psnr", "PSNR-RGB (dB)"), (axes[1], "ms_ssim_db", "MS-SSIM (dB)")):
+        for style, group in (("-o", curves), ("--", reference or {})):
+            for name, points in group.items():
+                pts = [p for p in points if np.isfinite(p.get(metric, np.nan))]
+                if pts:
+                    ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], style, label=name, markersize=3)
+        ax.set_xlabel("bits per pixel")
+        ax.set_ylabel(label)
+        ax.set_xlim(0, 1.6)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def read_reference(path: Path) -> dict[str, list[dict]]:
+    """Published points from a CSV with columns ``codec, bpp, psnr_rgb_db, ms_ssim``."""
+    import csv
+
+    curves: dict[str, list[dict]] = {}
+    with Path(path).open() as handle:
+        for row in csv.DictReader(handle):
+            point = {"bpp": float(row["bpp"]), "psnr": float(row["psnr_rgb_db"]) if row.get("psnr_rgb_db") else float("nan")}
+            score = float(row["ms_ssim"]) if row.get("ms_ssim") else float("nan")
+            point["ms_ssim_db"] = float(-10 * np.log10(1 - score)) if np.isfinite(score) and score < 1 else float("nan")
+            curves.setdefault(row["codec"], []).append(point)
+    return {k: sorted(v, key=lambda p: p["bpp"]) for k, v in curves.items()}

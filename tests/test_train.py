@@ -1,0 +1,45 @@
+"""The training loop runs, logs, checkpoints, resumes and exports."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from conftest import smooth_image
+from PIL import Image
+
+from mixcodec.models.context_model import ModelConfig
+from mixcodec.models.registry import export, load_model, read_info
+from mixcodec.train import TrainConfig, load_preset, to_toml, train
+
+
+def tiny_config(**changes) -> TrainConfig:
+    return dataclasses.replace(
+        TrainConfig(architecture="gllmm", n=8, hidden=[16, 24], crop=64, batch=2, steps=3, log_every=1, checkpoint_minutes=0.0, threads=1),
+        **changes,
+    )
+
+
+def test_presets_round_trip_through_toml(tmp_path):
+    cfg = load_preset("cpu-gllmm-n64")
+    (tmp_path / "p.toml").write_text(to_toml(cfg))
+    assert load_preset(str(tmp_path / "p.toml")) == cfg
+
+
+def test_train_resume_and_export(tmp_path):
+    data = tmp_path / "data" / "nested"
+    data.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(smooth_image(80, 90, seed=i)).save(data / f"{i}.png")
+    cfg = tiny_config()
+    ckpt = train(cfg, tmp_path / "data", tmp_path / "run")
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 3
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert len(log) == 4 and all(float(line.split(",")[4]) > 0 for line in log[1:])  # bpp column
+    train(dataclasses.replace(cfg, steps=5), tmp_path / "data", tmp_path / "run", resume=True)
+    assert torch.load(ckpt, weights_only=True)["step"] == 5
+    info = export(state["model"], ModelConfig.from_json(state["config"]), tmp_path / "w.safetensors", name="t", quality=2)
+    assert read_info(info.path).quality == 2 and read_info(info.path).config.hidden == (16, 24)
+    model = load_model(info)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
