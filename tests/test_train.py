@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 from conftest import smooth_image
@@ -32,7 +36,8 @@ def test_train_resume_and_export(tmp_path):
     for i in range(2):
         Image.fromarray(smooth_image(80, 90, seed=i)).save(data / f"{i}.png")
     cfg = tiny_config()
-    ckpt = train(cfg, tmp_path / "data", tmp_path / "run")
+    train(cfg, tmp_path / "data", tmp_path / "run")
+    ckpt = tmp_path / "run" / "last.pt"
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 3
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
@@ -43,3 +48,32 @@ def test_train_resume_and_export(tmp_path):
     assert read_info(info.path).quality == 2 and read_info(info.path).config.hidden == (16, 24)
     model = load_model(info)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+DDP_SCRIPT = """
+import dataclasses, hashlib, os, sys, torch
+sys.path.insert(0, sys.argv[3])
+from test_train import tiny_config
+from mixcodec.train import train
+from pathlib import Path
+model = train(tiny_config(steps=3), Path(sys.argv[1]), Path(sys.argv[2]))
+digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+Path(sys.argv[2], "rank" + os.environ["RANK"]).write_text(digest)
+"""
+
+
+def test_ddp_on_two_cpu_processes_keeps_parameters_identical(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(smooth_image(80, 90, seed=i)).save(data / f"{i}.png")
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(script), str(data), str(tmp_path / "run"), str(Path(__file__).parent)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    digests = [(tmp_path / "run" / f"rank{r}").read_text() for r in range(2)]
+    assert digests[0] == digests[1]
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3

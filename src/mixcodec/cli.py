@@ -257,7 +257,8 @@ def sample_command(output: Path, force: bool) -> None:
 @click.option("--steps", type=int, help="Override the preset's number of steps.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt if it exists.")
 @click.option("--init", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Start from another checkpoint's weights.")
-def train_command(preset, data, out, lmbda, metric, steps, resume, init) -> None:
+@click.option("--minutes", type=float, help="Stop (with a checkpoint) after this many minutes.")
+def train_command(preset, data, out, lmbda, metric, steps, resume, init, minutes) -> None:
     """Train a model (see the presets for every hyperparameter)."""
     import dataclasses
 
@@ -265,7 +266,7 @@ def train_command(preset, data, out, lmbda, metric, steps, resume, init) -> None
 
     cfg = load_preset(preset)
     overrides = {k: v for k, v in {"lmbda": lmbda, "metric": metric, "steps": steps}.items() if v is not None}
-    train(dataclasses.replace(cfg, **overrides), data, out, resume=resume, init=init)
+    train(dataclasses.replace(cfg, **overrides), data, out, resume=resume, init=init, max_minutes=minutes)
 
 
 @main.command("export")

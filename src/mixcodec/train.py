@@ -144,8 +144,31 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr if step < cfg.lr_drop_at * cfg.steps else cfg.lr_final
 
 
-def train(cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: Path | None = None) -> Path:
-    """Train (or continue) a model; returns the path of the last checkpoint."""
+def _distributed_setup() -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)``; joins the process group when launched by ``torchrun``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank()
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def train(
+    cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: Path | None = None, max_minutes: float | None = None
+) -> ContextMixtureModel:
+    """Train (or continue) a model; returns it after writing ``out/last.pt``.
+
+    Launched with ``torchrun --nproc_per_node K`` the same call trains with
+    DistributedDataParallel (``batch`` crops per process; rank 0 logs and saves).
+    ``max_minutes`` stops early (with a checkpoint), e.g. to fit a time slot.
+    """
+    rank, world, device = _distributed_setup()
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -166,30 +189,31 @@ def train(cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: P
     elif init is not None:
         state = torch.load(init, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"] if "model" in state else state)
+    model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    sampler = CropSampler(data, cfg.crop, cfg.min_downscale, seed=cfg.seed + step)
-    log_path = out / "log.csv"
-    new_log = not log_path.exists()
-    log_file = log_path.open("a", newline="")
-    log = csv.writer(log_file)
-    if new_log:
-        log.writerow(["step", "time_s", "lr", "loss", "bpp", "psnr", "aux"])
-    (out / "config.toml").write_text(to_toml(cfg))
-    last_save = time.monotonic()
-    start = time.monotonic()
+    network = model
+    if world > 1:
+        # the quantiles get no gradient from the RD loss; their aux gradients are identical on all ranks
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["prior.quantiles"])
+        network = torch.nn.parallel.DistributedDataParallel(model)
+    sampler = CropSampler(data, cfg.crop, cfg.min_downscale, seed=cfg.seed + 7919 * rank + step)
+    log = _Log(out / "log.csv") if rank == 0 else None
+    if rank == 0:
+        (out / "config.toml").write_text(to_toml(cfg))
+    last_save = start = time.monotonic()
     sums: dict[str, float] = {}
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, dynamic_ncols=True, mininterval=5)
+    bar = tqdm(total=cfg.steps, initial=step, dynamic_ncols=True, mininterval=5, disable=rank != 0)
     while step < cfg.steps:
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = sampler.sample(cfg.batch)
+        x = sampler.sample(cfg.batch).to(device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            output = model(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            output = network(x)
         result = rate_distortion_loss(output, x, cfg.lmbda, cfg.metric)
         optimizer.zero_grad(set_to_none=True)
         result["loss"].backward()
@@ -201,21 +225,45 @@ def train(cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: P
         aux.backward()
         aux_optimizer.step()
         step += 1
+        if not math.isfinite(float(result["loss"].detach())):
+            raise FloatingPointError(f"non-finite loss at step {step}")
         for key in ("loss", "bpp", "psnr"):
             sums[key] = sums.get(key, 0.0) + float(result[key].detach())
-        if not math.isfinite(float(result["loss"])):
-            raise FloatingPointError(f"non-finite loss at step {step}")
         if step % cfg.log_every == 0:
             means = {k: v / cfg.log_every for k, v in sums.items()}
-            log.writerow([step, round(time.monotonic() - start, 1), lr, *(round(means[k], 5) for k in ("loss", "bpp", "psnr")), round(float(aux), 3)])
-            log_file.flush()
+            if log:
+                log.write(step, time.monotonic() - start, lr, means, float(aux.detach()))
             bar.set_postfix(loss=f"{means['loss']:.4f}", bpp=f"{means['bpp']:.3f}", psnr=f"{means['psnr']:.2f}")
             sums.clear()
         bar.update(1)
-        if time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(), "step": step, "config": model.config.to_json(), "train_config": dataclasses.asdict(cfg)}
+        out_of_time = max_minutes is not None and time.monotonic() - start > max_minutes * 60
+        if rank == 0 and (time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps or out_of_time):
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
+                "step": step, "config": model.config.to_json(), "train_config": dataclasses.asdict(cfg),
+            }
             _atomic_save(state, ckpt_path)
             last_save = time.monotonic()
+        if out_of_time:
+            break
     bar.close()
-    log_file.close()
-    return ckpt_path
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return model
+
+
+class _Log:
+    """Append-only CSV training log."""
+
+    COLUMNS = ["step", "time_s", "lr", "loss", "bpp", "psnr", "aux"]
+
+    def __init__(self, path: Path):
+        new = not path.exists()
+        self.handle = path.open("a", newline="")
+        self.writer = csv.writer(self.handle)
+        if new:
+            self.writer.writerow(self.COLUMNS)
+
+    def write(self, step: int, seconds: float, lr: float, means: dict[str, float], aux: float) -> None:
+        self.writer.writerow([step, round(seconds, 1), lr, *(round(means[k], 5) for k in ("loss", "bpp", "psnr")), round(aux, 3)])
+        self.handle.flush()
