@@ -1,0 +1,76 @@
+"""Rate-constrained bit allocation over a set of images (Kattolab, CLIC 2020).
+
+Each image has several candidate encodings (one per model/quality) with a size
+in bytes and a quality score.  Choosing one per image to maximize the total
+score subject to a total size budget is a multiple-choice knapsack problem;
+:func:`solve` solves it exactly by dynamic programming over bytes.
+"""
+
+from __future__ import annotations
+
+from math import gcd
+
+import numpy as np
+
+#: Largest DP table (images x budget cells, one byte each) :func:`solve` builds.
+MAX_TABLE_CELLS = 2_000_000_000
+
+
+class InfeasibleBudget(ValueError):
+    """Even the smallest candidate of every image does not fit the budget."""
+
+    def __init__(self, minimum: int, budget: int):
+        super().__init__(f"budget of {budget} bytes is infeasible; the smallest choice needs {minimum} bytes")
+        self.minimum = minimum
+
+
+def solve(costs: list[list[int]], scores: list[list[float]], budget: int) -> list[int]:
+    """Choose one candidate per image maximizing the summed score with total cost <= budget.
+
+    Args:
+        costs: ``costs[i][j]`` bytes of candidate ``j`` of image ``i`` (non-negative ints).
+        scores: ``scores[i][j]`` quality of that candidate (higher is better).
+        budget: total bytes allowed.
+    Returns:
+        ``choice[i]``, the chosen candidate index per image.  Ties between equally
+        good solutions are broken deterministically (the same input always gives
+        the same choice).
+    Raises:
+        InfeasibleBudget: the cheapest candidates already exceed the budget.
+        MemoryError: the DP table would exceed :data:`MAX_TABLE_CELLS`.
+    """
+    base = [min(c) for c in costs]
+    if sum(base) > budget:
+        raise InfeasibleBudget(sum(base), budget)
+    extra = [[c - b for c in row] for row, b in zip(costs, base)]
+    # costs above the minimum, in units of their gcd; capacity never needs to exceed the sum of maxima
+    unit = 0
+    for row in extra:
+        for c in row:
+            unit = gcd(unit, c)
+    unit = unit or 1
+    capacity = min((budget - sum(base)) // unit, sum(max(row) for row in extra) // unit)
+    if len(costs) * (capacity + 1) > MAX_TABLE_CELLS:
+        raise MemoryError(f"allocation table of {len(costs)} x {capacity + 1} cells is too large")
+    best = np.zeros(capacity + 1)  # best[b]: max score of the images so far using at most b units
+    choices = np.zeros((len(costs), capacity + 1), dtype=np.int32)
+    for i, (row, score_row) in enumerate(zip(extra, scores)):
+        new = np.full(capacity + 1, -np.inf)
+        for j, (c, s) in enumerate(zip(row, score_row)):
+            c //= unit
+            if c > capacity:
+                continue
+            candidate = np.full(capacity + 1, -np.inf)
+            candidate[c:] = best[: capacity + 1 - c] + s
+            better = candidate > new
+            new[better] = candidate[better]
+            choices[i, better] = j
+        best = new
+    # backtrack from the best final capacity (smallest one on ties)
+    b = int(np.argmax(best))
+    picked = [0] * len(costs)
+    for i in range(len(costs) - 1, -1, -1):
+        j = int(choices[i, b])
+        picked[i] = j
+        b -= extra[i][j] // unit
+    return picked
