@@ -6,8 +6,10 @@ import dataclasses
 import os
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import smooth_image
 from PIL import Image
@@ -24,10 +26,17 @@ def tiny_config(**changes) -> TrainConfig:
     )
 
 
-def test_presets_round_trip_through_toml(tmp_path):
-    cfg = load_preset("cpu-gllmm-n64")
+@pytest.mark.parametrize("name", sorted(p.stem for p in resources.files("mixcodec.presets").iterdir() if p.name.endswith(".toml")))
+def test_presets_load_and_round_trip_through_toml(tmp_path, name):
+    cfg = load_preset(name)
+    assert cfg.model_config().n == cfg.n
     (tmp_path / "p.toml").write_text(to_toml(cfg))
     assert load_preset(str(tmp_path / "p.toml")) == cfg
+
+
+def test_ms_ssim_with_small_crops_is_refused():
+    with pytest.raises(ValueError, match="161"):
+        tiny_config(metric="ms-ssim")
 
 
 def test_train_resume_and_export(tmp_path):

@@ -56,6 +56,12 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.metric == "ms-ssim" and self.crop < 161:
+            raise ValueError("MS-SSIM training needs crops of at least 161 px (5 scales)")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+
     def model_config(self) -> ModelConfig:
         base = ARCHITECTURES[self.architecture]
         return dataclasses.replace(base, n=self.n, family=self.family or base.family, hidden=tuple(self.hidden) or base.hidden)
