@@ -14,8 +14,7 @@ import torch
 from conftest import smooth_image
 from PIL import Image
 
-from mixcodec.models.context_model import ModelConfig
-from mixcodec.models.registry import export, load_model, read_info
+from mixcodec.models.registry import load_model, read_info
 from mixcodec.train import TrainConfig, load_preset, to_toml, train
 
 
@@ -53,8 +52,14 @@ def test_train_resume_and_export(tmp_path):
     assert len(log) == 4 and all(float(line.split(",")[4]) > 0 for line in log[1:])  # bpp column
     train(dataclasses.replace(cfg, steps=5), tmp_path / "data", tmp_path / "run", resume=True)
     assert torch.load(ckpt, weights_only=True)["step"] == 5
-    info = export(state["model"], ModelConfig.from_json(state["config"]), tmp_path / "w.safetensors", name="t", quality=2)
-    assert read_info(info.path).quality == 2 and read_info(info.path).config.hidden == (16, 24)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mixcodec.cli", "export", str(ckpt), "-o", str(tmp_path / "w.safetensors"), "--name", "t", "--quality", "2", "--measure", str(data)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    info = read_info(tmp_path / "w.safetensors")
+    assert (info.name, info.quality, info.config.hidden, info.lmbda) == ("t", 2, (16, 24), cfg.lmbda)
+    assert info.kodak["images"] == 2 and info.kodak["bpp"] > 0 and info.kodak["psnr"] > 0
     model = load_model(info)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

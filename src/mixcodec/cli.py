@@ -274,20 +274,32 @@ def train_command(preset, data, out, lmbda, metric, steps, resume, init, minutes
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--name", default=DEFAULT_MODEL, show_default=True)
 @click.option("--quality", type=int, required=True)
+@click.option("--measure", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Folder of images (e.g. Kodak) to measure from real files; the mean bpp/PSNR/MS-SSIM is stored in the file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export_command(checkpoint, output, name, quality, force) -> None:
+def export_command(checkpoint, output, name, quality, measure, force) -> None:
     """Write a training checkpoint as an fp16 safetensors weight file."""
     import torch
 
+    from . import eval as ev
     from .models.context_model import ModelConfig
     from .models.registry import export
-    from .train import TrainConfig
+    from .train import TrainConfig, list_images
 
     if output.exists() and not force:
         raise BadInput(f"{output} exists (use --force to overwrite)")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    train_cfg = TrainConfig(**state.get("train_config", {}))
-    info = export(state["model"], ModelConfig.from_json(state["config"]), output, name=name, quality=quality, lmbda=train_cfg.lmbda, metric=train_cfg.metric)
+    train_cfg = state.get("train_config", {})
+    meta = {"name": name, "quality": quality, "lmbda": train_cfg.get("lmbda", TrainConfig.lmbda), "metric": train_cfg.get("metric", "mse"),
+            "train_steps": state.get("step", 0)}
+    config = ModelConfig.from_json(state["config"])
+    info = export(state["model"], config, output, **meta)
+    if measure is not None:
+        rows = ev.evaluate(ev.learned_codec([info]), list_images(measure))
+        point = ev.mean_curve(rows)[name][0]
+        kodak = {"bpp": point["bpp"], "psnr": point["psnr"], "ms_ssim": point["ms_ssim"], "images": point["images"], "set": measure.name}
+        info = export(state["model"], config, output, kodak=kodak, **meta)
+        click.echo(f"{measure.name}: {point['bpp']:.4f} bpp, {point['psnr']:.2f} dB PSNR, MS-SSIM {point['ms_ssim']:.4f} over {point['images']} images")
     click.echo(f"wrote {info.path} (sha256 {info.sha256})")
 
 
