@@ -235,8 +235,9 @@ def train(
             raise FloatingPointError(f"non-finite loss at step {step}")
         for key in ("loss", "bpp", "psnr"):
             sums[key] = sums.get(key, 0.0) + float(result[key].detach())
+        sums["count"] = sums.get("count", 0) + 1
         if step % cfg.log_every == 0:
-            means = {k: v / cfg.log_every for k, v in sums.items()}
+            means = {k: v / sums["count"] for k, v in sums.items()}
             if log:
                 log.write(step, time.monotonic() - start, lr, means, float(aux.detach()))
             bar.set_postfix(loss=f"{means['loss']:.4f}", bpp=f"{means['bpp']:.3f}", psnr=f"{means['psnr']:.2f}")
