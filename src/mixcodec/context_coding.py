@@ -11,30 +11,21 @@ Decoding order (the *schedule*):
 
 Every step computes the entropy parameters from 5x5 windows of the latents decoded
 so far (only the 12 causal taps), the hyper features at the same positions, and the
-entropy-parameter network as matrix products in float64.  The encoder runs the very
-same routine on the same batches as the decoder, so both build bit-identical PMF
-tables.  Channels of ``ŷ`` that are zero everywhere are flagged and skipped.
+entropy-parameter network, all in exact integer arithmetic (:mod:`.entropy.exact`),
+so encoder and decoder build bit-identical PMF tables on any machine and thread
+count.  Channels of ``ŷ`` that are zero everywhere are flagged and skipped.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .entropy import coding
-from .entropy.distributions import (
-    LATENT_MAX,
-    LATENT_MIN,
-    MixtureParams,
-    mixture_center,
-    mixture_likelihood,
-    mixture_spread,
-    split_params,
-)
+from .entropy import coding, exact
+from .entropy.distributions import LATENT_MAX, LATENT_MIN
 from .models.context_model import CONTEXT_KERNEL, ContextMixtureModel
 
 SCHEDULES = ("wavefront", "raster")
@@ -61,7 +52,9 @@ def schedule_steps(schedule: str, height: int, width: int) -> list[tuple[np.ndar
 
 
 class EntropyPath:
-    """Float64 copy of the parts of a model that produce entropy parameters.
+    """Integer twin (:mod:`.entropy.exact`) of the parts of a model that produce entropy
+    parameters: hyper-synthesis, the causal taps of the context convolution and the
+    entropy-parameter network.  Results are exact, hence identical on every machine.
 
     Args:
         model: the trained model (its weights are copied, not shared).
@@ -70,37 +63,35 @@ class EntropyPath:
     def __init__(self, model: ContextMixtureModel):
         self.spec = model.spec
         self.n = model.config.n
-        weight = model.context.weight.detach().double()  # (2n, n, 5, 5)
+        weight = model.context.weight.detach()  # (2n, n, 5, 5)
         taps = torch.stack([weight[:, :, _K + dy, _K + dx] for dy, dx in CAUSAL_TAPS], dim=-1)
-        self.context_weight = taps.reshape(2 * self.n, -1).T.contiguous()  # (n * taps, 2n)
-        self.context_bias = model.context.bias.detach().double()
+        self.context = exact.IntegerAffine.from_weight(taps.reshape(2 * self.n, -1).T, model.context.bias)
         convs = [m for m in model.entropy_parameters if isinstance(m, torch.nn.Conv2d)]
-        self.layers = [(c.weight.detach().double()[:, :, 0, 0].T.contiguous(), c.bias.detach().double()) for c in convs]
-        self.hyper_synthesis = copy.deepcopy(model.h_s).double()
+        self.layers = [exact.IntegerAffine.from_weight(c.weight[:, :, 0, 0].T, c.bias) for c in convs]
+        self.hyper_synthesis = exact.IntegerSequential(model.h_s)
 
     def hyper(self, z_hat: Tensor) -> Tensor:
-        """Hyper features ``(2n, 4h, 4w)`` (float64) from ``ẑ`` ``(1, n, h, w)``."""
-        with torch.no_grad():
-            return self.hyper_synthesis(z_hat.double())[0]
+        """Hyper features ``(2n, 4h, 4w)`` (integers, units ``2**-ACT_BITS``) from ``ẑ`` ``(1, n, h, w)``."""
+        return self.hyper_synthesis(exact.to_fixed(z_hat))[0]
 
-    def params(self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray) -> MixtureParams:
+    def params(self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray) -> exact.IntegerMixture:
         """Mixture parameters ``(F, K, len(rows), n)`` at the given latent positions.
 
         Args:
             y_padded: decoded latents so far, ``(n, H + 2, W + 4)`` float64, with
                 latent ``(h, w)`` at ``[:, h + 2, w + 2]`` and zeros elsewhere.
-            hyper: ``(2n, H, W)`` float64 hyper features.
+            hyper: output of :meth:`hyper`.
         """
         r = torch.from_numpy(rows + _K)[:, None] + torch.tensor([dy for dy, _ in CAUSAL_TAPS])[None]
         c = torch.from_numpy(cols + _K)[:, None] + torch.tensor([dx for _, dx in CAUSAL_TAPS])[None]
         windows = y_padded[:, r, c].permute(1, 0, 2).reshape(len(rows), -1)  # (m, n * taps)
-        context = windows @ self.context_weight + self.context_bias
+        context = self.context.linear(exact.to_fixed(windows))
         x = torch.cat([hyper[:, torch.from_numpy(rows), torch.from_numpy(cols)].T, context], dim=1)
-        for i, (weight, bias) in enumerate(self.layers):
-            x = x @ weight + bias
+        for i, layer in enumerate(self.layers):
+            x = layer.linear(x)
             if i < len(self.layers) - 1:
-                x = torch.nn.functional.leaky_relu(x)
-        return split_params(self.spec, x)
+                x = exact.leaky_relu(x)
+        return exact.integer_params(self.spec, x)
 
 
 @dataclass
@@ -112,24 +103,22 @@ class _Batch:
     offsets: np.ndarray  # (m,) int64
 
 
-def _pmf_batches(spec, params: MixtureParams) -> list[_Batch]:
-    """Group elements by window width and tabulate their PMFs (params of shape (F, K, m))."""
-    centers = mixture_center(params)
-    spreads = mixture_spread(params)
+def _pmf_batches(spec, mixture: exact.IntegerMixture) -> list[_Batch]:
+    """Group elements by window width and tabulate their PMFs (parameters of shape (F, K, m))."""
+    centers, spreads = exact.integer_center_and_spread(mixture)
     half = torch.full_like(spreads, WINDOW_HALF_WIDTHS[-1])
     for h in reversed(WINDOW_HALF_WIDTHS):
-        half = torch.where(spreads <= h, float(h), half)
+        half = torch.where(spreads <= h, h, half)
     batches = []
     for h in WINDOW_HALF_WIDTHS:
         idx = torch.nonzero(half == h).flatten()
         if idx.numel() == 0:
             continue
         offsets = centers[idx] - h
-        grid = offsets[:, None] + torch.arange(2 * h + 1, dtype=torch.float64)
-        sub = MixtureParams(*(t[:, :, idx, None] for t in (params.weights, params.means, params.scales)))
-        pmf = mixture_likelihood(spec, grid, sub)
-        pmf = torch.where((grid >= LATENT_MIN) & (grid <= LATENT_MAX), pmf, 0.0)
-        batches.append(_Batch(idx.numpy(), pmf.numpy(), offsets.numpy().astype(np.int64)))
+        grid = offsets[:, None] + torch.arange(2 * h + 1)
+        pmf = exact.integer_pmf(spec, grid, mixture.select(idx))
+        pmf = torch.where((grid >= LATENT_MIN) & (grid <= LATENT_MAX), pmf, 0)
+        batches.append(_Batch(idx.numpy(), pmf.double().numpy() * 2.0**-exact.PMF_BITS, offsets.numpy()))
     return batches
 
 
@@ -158,7 +147,7 @@ def code_latents(
     with torch.no_grad():
         for rows, cols in schedule_steps(schedule, height, width):
             params = path.params(y_padded, hyper, rows, cols)
-            flat = MixtureParams(*(t[:, :, :, active_t].reshape(t.shape[0], t.shape[1], -1) for t in (params.weights, params.means, params.scales)))
+            flat = exact.IntegerMixture(*(t[:, :, :, active_t].reshape(t.shape[0], t.shape[1], -1) for t in (params.weights, params.means, params.scales)))
             values = np.zeros(len(rows) * len(active), dtype=np.int64)
             for batch in _pmf_batches(path.spec, flat):
                 values[batch.elements] = code(rows, cols, batch)
@@ -205,7 +194,8 @@ def decode(
 
 
 def _z_tables(model: ContextMixtureModel, count_per_channel: int) -> tuple[np.ndarray, np.ndarray]:
-    pmf, offsets = model.prior.symbol_tables()
+    """The stored integer tables of the factorized prior, one row per element of ``ẑ``."""
+    pmf, offsets = model.prior.coding_tables
     return np.repeat(pmf, count_per_channel, axis=0), np.repeat(offsets, count_per_channel)
 
 

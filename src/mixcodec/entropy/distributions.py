@@ -127,26 +127,33 @@ class MixtureParams:
     scales: Tensor
 
 
-def split_params(spec: MixtureSpec, raw: Tensor) -> MixtureParams:
-    """Turn raw network outputs into mixture parameters.
+def param_blocks(spec: MixtureSpec, raw: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Split raw network outputs into ``(logits, means, raw_scales, family_logits)``.
 
     Args:
         raw: ``(B, P*C, H, W)`` or ``(n, P*C)``-like tensor whose dimension 1 holds
             ``P = spec.params_per_channel`` blocks of ``C`` channels.
     Returns:
-        Parameters of shape ``(F, K, B, C, ...)`` (weights sum to one over F, K).
+        The first three of shape ``(F, K, B, C, ...)``; family logits ``(F, B, C, ...)``
+        or None for a single family.
     """
     fams, k = len(spec.families), spec.components
     p = spec.params_per_channel
     c = raw.shape[1] // p
     blocks = raw.reshape(raw.shape[0], p, c, *raw.shape[2:]).movedim(1, 0)
     comp = blocks[: 3 * k * fams].reshape(fams, 3, k, *blocks.shape[1:])
-    weights = torch.softmax(comp[:, 0], dim=1)
-    if fams > 1:
-        family_weights = torch.softmax(blocks[3 * k * fams :], dim=0)
-        weights = weights * family_weights.unsqueeze(1)
-    scales = F.softplus(comp[:, 2])
-    return MixtureParams(weights=weights, means=comp[:, 1], scales=scales)
+    family_logits = blocks[3 * k * fams :] if fams > 1 else None
+    return comp[:, 0], comp[:, 1], comp[:, 2], family_logits
+
+
+def split_params(spec: MixtureSpec, raw: Tensor) -> MixtureParams:
+    """Turn raw network outputs (layout of :func:`param_blocks`) into mixture parameters
+    of shape ``(F, K, B, C, ...)``; weights sum to one over F and K."""
+    logits, means, raw_scales, family_logits = param_blocks(spec, raw)
+    weights = torch.softmax(logits, dim=1)
+    if family_logits is not None:
+        weights = weights * torch.softmax(family_logits, dim=0).unsqueeze(1)
+    return MixtureParams(weights=weights, means=means, scales=F.softplus(raw_scales))
 
 
 def mixture_likelihood(spec: MixtureSpec, values: Tensor, params: MixtureParams) -> Tensor:
@@ -162,17 +169,3 @@ def mixture_likelihood(spec: MixtureSpec, values: Tensor, params: MixtureParams)
         mass = bin_mass(family, values.unsqueeze(0), params.means[f], params.scales[f])
         total = total + (params.weights[f] * mass).sum(0)
     return lower_bound(total, LIKELIHOOD_MIN)
-
-
-def mixture_center(params: MixtureParams) -> Tensor:
-    """Mean of the mixture, rounded and clipped to the latent range (element shape)."""
-    mean = (params.weights * params.means).sum((0, 1))
-    return mean.round().clamp(LATENT_MIN, LATENT_MAX)
-
-
-def mixture_spread(params: MixtureParams, min_weight: float = 1e-3) -> Tensor:
-    """Half-width around :func:`mixture_center` that covers every component of weight
-    at least ``min_weight``: ``max_k |mean_k - center| + 10 scale_k`` (element shape)."""
-    center = mixture_center(params)
-    reach = (params.means - center).abs() + 10.0 * params.scales.clamp_min(SCALE_MIN)
-    return torch.where(params.weights >= min_weight, reach, 0.0).amax((0, 1))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .distributions import LIKELIHOOD_MIN, lower_bound
+from .distributions import LATENT_MAX, LATENT_MIN, LIKELIHOOD_MIN, lower_bound
 
 _TAIL_MASS = 1e-9
 
@@ -47,6 +47,8 @@ class FactorizedPrior(nn.Module):
         target = math.log(2 / _TAIL_MASS - 1)
         self.quantiles = nn.Parameter(torch.tensor([-init_scale, 0.0, init_scale]).repeat(channels, 1, 1))
         self.register_buffer("quantile_targets", torch.tensor([-target, 0.0, target]), persistent=False)
+        #: ``(pmf (C, W) float64, offsets (C,))`` used for coding; set from a weight file by the registry.
+        self.coding_tables: tuple[np.ndarray, np.ndarray] | None = None
 
     def logits_cumulative(self, x: Tensor, detach_density: bool = False) -> Tensor:
         """``logit(CDF(x))`` for ``x`` of shape ``(C, 1, n)``; returns ``(C, 1, n)``.
@@ -100,8 +102,8 @@ class FactorizedPrior(nn.Module):
         """
         quantiles = self.quantiles[:, 0].double()
         medians = quantiles[:, 1:2]
-        low = torch.floor(quantiles[:, 0:1] - medians).clamp(max=-1)
-        high = torch.ceil(quantiles[:, 2:3] - medians).clamp(min=1)
+        low = torch.floor(quantiles[:, 0:1] - medians).clamp(LATENT_MIN, -1)
+        high = torch.ceil(quantiles[:, 2:3] - medians).clamp(1, LATENT_MAX)
         width = int((high - low).max().item()) + 1
         values = low + torch.arange(width, dtype=torch.float64)  # (C, W)
         points = (values + medians).to(self.quantiles.dtype).unsqueeze(1)
@@ -110,3 +112,9 @@ class FactorizedPrior(nn.Module):
         sign = -torch.sign(lower + upper)
         pmf = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs().squeeze(1)
         return pmf.numpy(), low.squeeze(1).to(torch.int64).numpy()
+
+    def integer_tables(self) -> dict[str, Tensor]:
+        """:meth:`symbol_tables` as integers (PMF in units of ``2**-32``), to store with the
+        weights: coding ``z`` then needs no floating point at all, so it is exact everywhere."""
+        pmf, offsets = self.symbol_tables()
+        return {"z_pmf": torch.from_numpy(np.round(pmf * 2.0**32)).to(torch.int64), "z_offsets": torch.from_numpy(offsets)}

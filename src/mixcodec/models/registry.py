@@ -16,6 +16,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
@@ -106,13 +107,22 @@ def find_model(name: str = DEFAULT_MODEL, quality: int | None = None, digest: by
     raise ModelNotFound(f"{name} has no quality {quality} (available: {', '.join(str(i.quality) for i in candidates)})")
 
 
+#: Prefix of the integer coding tables stored beside the weights.
+TABLES_PREFIX = "coding."
+
+
 @lru_cache(maxsize=8)
 def load_model(info: ModelInfo) -> ContextMixtureModel:
-    """Build the model of ``info`` in float32, evaluation mode."""
+    """Build the model of ``info`` in float32, evaluation mode, with its coding tables
+    (``model.prior.coding_tables``)."""
     model = ContextMixtureModel(info.config)
     with safe_open(str(info.path), framework="pt") as handle:
-        state = {key: handle.get_tensor(key).float() for key in handle.keys()}
-    model.load_state_dict(state)
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    tables = {k[len(TABLES_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(TABLES_PREFIX)}
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    if set(tables) != {"z_pmf", "z_offsets"}:
+        raise ValueError(f"{info.path} has no coding tables; re-export it")
+    model.prior.coding_tables = (tables["z_pmf"].numpy().astype(np.float64) * 2.0**-32, tables["z_offsets"].numpy())
     return model.eval()
 
 
@@ -122,6 +132,9 @@ def export(state_dict: dict[str, torch.Tensor], config: ModelConfig, path: Path,
     ``meta`` may hold ``name``, ``quality``, ``lmbda``, ``metric`` and ``kodak`` (a dict).
     """
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state_dict.items()}
+    model = ContextMixtureModel(config)
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})  # tables of the weights as stored
+    tensors.update({TABLES_PREFIX + k: v.contiguous() for k, v in model.prior.integer_tables().items()})
     metadata = {"config": config.to_json()}
     for key, value in meta.items():
         metadata[key] = json.dumps(value) if isinstance(value, dict) else str(value)

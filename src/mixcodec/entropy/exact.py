@@ -1,0 +1,247 @@
+"""Exact, platform-independent evaluation of the entropy-parameter path.
+
+A range decoder only works if it rebuilds *exactly* the probability tables the
+encoder used.  Floating-point networks do not guarantee that across machines,
+libraries or thread counts (summation order, vectorized vs scalar ``exp``).  So
+everything between the decoded latents and the PMF tables is evaluated here in
+integer arithmetic:
+
+* **Networks** (hyper-synthesis, 5x5 context taps, entropy-parameter 1x1 layers):
+  weights are rounded to integers ``round(w * 2**b)`` (``b`` per layer, from the
+  exact binary exponent of the largest weight), activations are integers in units
+  of ``2**-ACT_BITS`` clipped to ``±ACT_LIMIT``.  Convolutions run in float64 on
+  these integers; every product and partial sum stays below ``2**53``, so the
+  result is exact whatever the summation order.  Rescaling uses powers of two and
+  ``floor``; LeakyReLU multiplies by 0.01 (one correctly rounded IEEE operation)
+  and floors.
+* **Mixture parameters**: softmax and softplus come from integer lookup tables;
+  weights are fixed-point (``2**-16``), means ``2**-8``, scales ``2**-16``.
+* **PMF**: the standardized CDFs come from integer tables (``2**-32``) on a grid
+  of ``2**-8`` with integer linear interpolation; masses are combined with the
+  weights in int64.  The result is an integer table per element.
+
+The lookup tables ship with the package (``exact_tables.npz``); :func:`build_tables`
+regenerates them (a test checks that it reproduces the shipped file).
+
+Relation to :mod:`.distributions`: this is a fixed-point twin of
+:func:`~.distributions.split_params` and :func:`~.distributions.mixture_likelihood`
+(same layout, same bins and edges); tests bound their difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .distributions import FAMILIES, LATENT_MAX, LATENT_MIN, SCALE_MIN, MixtureSpec, param_blocks, standard_cdf
+
+ACT_BITS = 8
+ACT_LIMIT = float(1 << 20)  # activations within ±4096
+WEIGHT_LIMIT_BITS = 15  # |integer weights| < 2**15
+
+GRID_BITS = 8  # table grid step 2**-8
+T_RANGE = 24  # CDF table covers t in [-24, 24]
+CDF_BITS = 32
+SCALE_BITS = 16
+MIX_BITS = 16  # mixture weights in units of 2**-16
+EXP_RANGE = 32  # exp table covers exp(-x), x in [0, 32]
+SOFTPLUS_RANGE = 16  # softplus table covers x in [-16, 16]
+PMF_BITS = CDF_BITS + MIX_BITS  # PMF tables are integers in units of 2**-48
+MIN_WEIGHT = 66  # ~1e-3 in units of 2**-16: lighter components do not widen the coding window
+
+_TABLE_FILE = "exact_tables.npz"
+
+
+def build_tables() -> dict[str, np.ndarray]:
+    """The integer lookup tables, computed in float64 and rounded."""
+    step = 2.0**-GRID_BITS
+    t = torch.arange(-T_RANGE * 2**GRID_BITS, T_RANGE * 2**GRID_BITS + 1, dtype=torch.float64) * step
+    tables = {f"cdf_{family}": torch.round(standard_cdf(family, t) * 2.0**CDF_BITS) for family in FAMILIES}
+    x = torch.arange(0, EXP_RANGE * 2**GRID_BITS + 1, dtype=torch.float64) * step
+    tables["exp"] = torch.round(torch.exp(-x) * 2.0**30)
+    x = torch.arange(-SOFTPLUS_RANGE * 2**GRID_BITS, SOFTPLUS_RANGE * 2**GRID_BITS + 1, dtype=torch.float64) * step
+    tables["softplus"] = torch.round(F.softplus(x) * 2.0**SCALE_BITS)
+    return {k: v.to(torch.int64).numpy() for k, v in tables.items()}
+
+
+@lru_cache(maxsize=1)
+def tables() -> dict[str, Tensor]:
+    """The shipped tables as int64 tensors."""
+    with resources.files("mixcodec.entropy").joinpath(_TABLE_FILE).open("rb") as handle:
+        data = np.load(handle)
+        return {k: torch.from_numpy(data[k].astype(np.int64)) for k in data.files}
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+def to_fixed(x: Tensor) -> Tensor:
+    """Real activations -> integer units of ``2**-ACT_BITS`` (float64 holding integers)."""
+    return torch.round(x.double() * 2.0**ACT_BITS).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+def _weight_bits(weight: Tensor) -> int:
+    """Fraction bits so that the largest |weight| maps below ``2**WEIGHT_LIMIT_BITS`` (exact)."""
+    largest = float(weight.abs().max())
+    if largest == 0.0:
+        return WEIGHT_LIMIT_BITS
+    _, exponent = np.frexp(largest)  # largest = m * 2**exponent, 0.5 <= m < 1
+    return int(np.clip(WEIGHT_LIMIT_BITS - exponent, 0, 30))
+
+
+@dataclass
+class IntegerAffine:
+    """``y = requantize(x @ W + b)`` or a convolution, with integer W and b.
+
+    ``weight`` is a float64 tensor of integers in units of ``2**-bits``; ``bias`` is
+    in units of ``2**-(bits + ACT_BITS)``, so the accumulator is in those units too.
+    """
+
+    weight: Tensor
+    bias: Tensor
+    bits: int
+    stride: int = 1
+    padding: int = 0
+
+    @classmethod
+    def from_weight(cls, weight: Tensor, bias: Tensor, stride: int = 1, padding: int = 0) -> "IntegerAffine":
+        weight = weight.detach().double()
+        bits = _weight_bits(weight)
+        return cls(torch.round(weight * 2.0**bits), torch.round(bias.detach().double() * 2.0 ** (bits + ACT_BITS)), bits, stride, padding)
+
+    def requantize(self, acc: Tensor) -> Tensor:
+        return torch.floor(acc * 2.0**-self.bits + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def conv(self, x: Tensor) -> Tensor:
+        """``x``: ``(B, C, H, W)`` integers; weight ``(O, C, k, k)``."""
+        return self.requantize(F.conv2d(x, self.weight, self.bias, self.stride, self.padding))
+
+    def linear(self, x: Tensor) -> Tensor:
+        """``x``: ``(m, C)`` integers; weight ``(C, O)``."""
+        return self.requantize(x @ self.weight + self.bias)
+
+
+def leaky_relu(x: Tensor) -> Tensor:
+    """Integer LeakyReLU with slope 0.01 (as ``nn.LeakyReLU()``)."""
+    return torch.where(x < 0, torch.floor(x * 0.01 + 0.5), x)
+
+
+class IntegerSequential:
+    """Integer twin of an ``nn.Sequential`` of Conv2d / LeakyReLU / PixelShuffle layers."""
+
+    def __init__(self, module: nn.Module):
+        self.ops: list = []
+        self._collect(module)
+
+    def _collect(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Sequential):
+            for child in module:
+                self._collect(child)
+        elif isinstance(module, nn.Conv2d):
+            layer = IntegerAffine.from_weight(module.weight, module.bias, module.stride[0], module.padding[0])
+            self.ops.append(layer.conv)
+        elif isinstance(module, nn.LeakyReLU):
+            if module.negative_slope != 0.01:
+                raise ValueError("only LeakyReLU(0.01) has an integer twin")
+            self.ops.append(leaky_relu)
+        elif isinstance(module, nn.PixelShuffle):
+            self.ops.append(module)
+        else:
+            raise TypeError(f"no integer twin for {type(module).__name__}")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            for op in self.ops:
+                x = op(x)
+        return x
+
+
+# ----------------------------------------------------------------------------- mixtures
+
+
+@dataclass
+class IntegerMixture:
+    """Fixed-point mixture parameters, each int64 of shape ``(F, K, *elements)``.
+
+    weights: units of ``2**-MIX_BITS`` (sum about ``2**MIX_BITS``);
+    means: units of ``2**-ACT_BITS``; scales: units of ``2**-SCALE_BITS`` (>= SCALE_MIN).
+    """
+
+    weights: Tensor
+    means: Tensor
+    scales: Tensor
+
+    def select(self, index: Tensor) -> "IntegerMixture":
+        """Elements ``index`` of flattened element dimension, with a trailing singleton."""
+        return IntegerMixture(*(t[:, :, index, None] for t in (self.weights, self.means, self.scales)))
+
+
+def _softmax(logits: Tensor, dim: int) -> Tensor:
+    """Integer softmax of logits in units of ``2**-ACT_BITS``; result in units of ``2**-MIX_BITS``."""
+    gap = (logits.amax(dim, keepdim=True) - logits).clamp_(max=EXP_RANGE << GRID_BITS)
+    e = tables()["exp"][gap]
+    return torch.div(e << MIX_BITS, e.sum(dim, keepdim=True), rounding_mode="floor")
+
+
+def integer_params(spec: MixtureSpec, raw: Tensor) -> IntegerMixture:
+    """Integer network outputs (units ``2**-ACT_BITS``, layout of :func:`param_blocks`) -> mixture."""
+    logits, means, raw_scales, family_logits = (None if t is None else t.to(torch.int64) for t in param_blocks(spec, raw))
+    weights = _softmax(logits, dim=1)
+    if family_logits is not None:
+        weights = (weights * _softmax(family_logits, dim=0).unsqueeze(1)) >> MIX_BITS
+    limit = SOFTPLUS_RANGE << GRID_BITS
+    softplus = tables()["softplus"][raw_scales.clamp(-limit, limit) + limit]
+    scales = torch.where(raw_scales > limit, raw_scales << (SCALE_BITS - ACT_BITS), softplus)
+    scales = scales.clamp_(min=round(SCALE_MIN * 2**SCALE_BITS))
+    return IntegerMixture(weights, means.clamp(-(1 << 19), 1 << 19), scales)
+
+
+def _cdf(family: str, offset: Tensor, scales: Tensor) -> Tensor:
+    """Integer CDF (units ``2**-CDF_BITS``) at ``t = offset / scale``; offset in ``2**-ACT_BITS``."""
+    table = tables()[f"cdf_{family}"]
+    # t in units of 2**-(2 * GRID_BITS): index on the grid plus an 8-bit interpolation fraction
+    q = torch.div(offset << (SCALE_BITS - ACT_BITS + 2 * GRID_BITS), scales, rounding_mode="floor")
+    index = (q >> GRID_BITS) + (T_RANGE << GRID_BITS)
+    frac = q & ((1 << GRID_BITS) - 1)
+    last = table.numel() - 1
+    inside = index.clamp(0, last - 1)
+    low, high = table[inside], table[inside + 1]
+    value = low + (((high - low) * frac) >> GRID_BITS)
+    value = torch.where(index < 0, torch.zeros_like(value), value)
+    return torch.where(index >= last, torch.full_like(value, 1 << CDF_BITS), value)
+
+
+def integer_pmf(spec: MixtureSpec, values: Tensor, mixture: IntegerMixture) -> Tensor:
+    """Integer probabilities (units ``2**-PMF_BITS``) of integer ``values`` (int64,
+    broadcastable against the element shape); bins as in :func:`~.distributions.bin_mass`."""
+    half = 1 << (ACT_BITS - 1)
+    position = (values << ACT_BITS).unsqueeze(0).unsqueeze(0)
+    total = torch.zeros((), dtype=torch.int64)
+    for f, family in enumerate(spec.families):
+        means, scales = mixture.means[f : f + 1], mixture.scales[f : f + 1]
+        distance = (position - means).abs()
+        interior = _cdf(family, half - distance, scales) - _cdf(family, -half - distance, scales)
+        low_edge = _cdf(family, (LATENT_MIN << ACT_BITS) + half - means, scales)
+        high_edge = _cdf(family, means - (LATENT_MAX << ACT_BITS) + half, scales)
+        mass = torch.where(position == LATENT_MIN << ACT_BITS, low_edge, interior)
+        mass = torch.where(position == LATENT_MAX << ACT_BITS, high_edge, mass)
+        total = total + (mixture.weights[f : f + 1] * mass).sum((0, 1))
+    return total
+
+
+def integer_center_and_spread(mixture: IntegerMixture) -> tuple[Tensor, Tensor]:
+    """Rounded, clipped mixture mean and a half-width (both int64, in latent units) covering
+    every component of weight >= ``MIN_WEIGHT``: ``max |mean - center| + 10 scale``."""
+    weight_sum = mixture.weights.sum((0, 1))
+    numerator = (mixture.weights * mixture.means).sum((0, 1))
+    unit = weight_sum << ACT_BITS
+    center = torch.div(2 * numerator + unit, 2 * unit, rounding_mode="floor").clamp(LATENT_MIN, LATENT_MAX)
+    reach = (mixture.means - (center << ACT_BITS)).abs() + ((10 * mixture.scales) >> (SCALE_BITS - ACT_BITS))
+    reach = torch.where(mixture.weights >= MIN_WEIGHT, reach, torch.zeros_like(reach)).amax((0, 1))
+    return center, torch.div(reach + (1 << ACT_BITS) - 1, 1 << ACT_BITS, rounding_mode="floor")
