@@ -38,7 +38,7 @@ def test_eval_writes_csv_json_and_plot(tmp_path, installed_tiny):
         Image.fromarray(smooth_image(170, 180, seed=i)).save(data / f"{i}.png")
     env = {**os.environ, "MIXCODEC_MODELS": str(installed_tiny.path.parent)}
     proc = subprocess.run(
-        [sys.executable, "-m", "mixcodec.cli", "eval", str(data), "--models", "tiny", "--codecs", "jpeg,webp", "-o", str(tmp_path / "out")],
+        [sys.executable, "-m", "mixcodec.cli", "eval", str(data), "--models", "tiny", "--codecs", "jpeg,webp", "--visual", "1.png", "-o", str(tmp_path / "out")],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
@@ -48,4 +48,5 @@ def test_eval_writes_csv_json_and_plot(tmp_path, installed_tiny):
     assert set(result["curves"]) == {"tiny", "jpeg", "webp"}
     assert result["bd_rate"]["jpeg"]["jpeg"]["psnr"] == pytest.approx(0.0, abs=1e-9)
     assert result["environment"]["torch"]
-    assert (tmp_path / "out" / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for plot in ("rd.png", "visual-1.png"):
+        assert (tmp_path / "out" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

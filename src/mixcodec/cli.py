@@ -184,8 +184,9 @@ def models_command() -> None:
 @click.option("--codecs", default="jpeg,webp,avif", show_default=True, help="Comma-separated classic codecs ('' for none).")
 @click.option("--reference", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="CSV of published RD points to plot and compare.")
 @click.option("--limit", type=int, help="Use only the first N images.")
+@click.option("--visual", multiple=True, help="Image file name in DATASET for a visual comparison at matched bpp (repeatable).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False))
-def eval_command(dataset, models, codecs, reference, limit, out) -> None:
+def eval_command(dataset, models, codecs, reference, limit, visual, out) -> None:
     """Rate-distortion of models and classic codecs on a folder of images (real files)."""
     from tqdm import tqdm
 
@@ -196,7 +197,7 @@ def eval_command(dataset, models, codecs, reference, limit, out) -> None:
     if not images:
         raise BadInput(f"no images under {dataset}")
     available = ev.classic_codecs()
-    under_test = []
+    learned = []
     for name in filter(None, models.split(",")):
         paths = [Path(p) for p in name.split("+")]
         if all(p.suffix == ".safetensors" for p in paths):
@@ -207,7 +208,8 @@ def eval_command(dataset, models, codecs, reference, limit, out) -> None:
             infos = [i for i in installed_models() if i.name == name]
         if not infos:
             raise BadInput(f"no installed model named {name!r}")
-        under_test.append(ev.learned_codec(infos))
+        learned.append(ev.learned_codec(infos))
+    under_test = list(learned)
     for name in filter(None, codecs.split(",")):
         if name not in available:
             raise BadInput(f"unknown codec {name!r} (known: {', '.join(available)})")
@@ -229,6 +231,13 @@ def eval_command(dataset, models, codecs, reference, limit, out) -> None:
     click.echo(" " * 14 + "".join(f"{n[:12]:>13}" for n in names))
     for n in names:
         click.echo(f"{n[:13]:<14}" + "".join(f"{result['bd_rate'][n][a]['psnr']:>13.1f}" for a in names))
+    for name in visual:
+        if not learned:
+            raise BadInput("--visual needs a model")
+        ours = learned[0]
+        target = out / f"visual-{Path(name).stem}.png"
+        ev.visual_comparison(dataset / name, ours, ours.qualities[len(ours.qualities) // 2], target)
+        click.echo(f"wrote {target}")
     click.echo(f"wrote {out / 'rows.csv'}, {out / 'results.json'}, {out / 'rd.png'}")
 
 

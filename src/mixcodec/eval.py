@@ -248,3 +248,48 @@ def read_reference(path: Path) -> dict[str, list[dict]]:
             point["ms_ssim_db"] = float(-10 * np.log10(1 - score)) if np.isfinite(score) and score < 1 else float("nan")
             curves.setdefault(row["codec"], []).append(point)
     return {k: sorted(v, key=lambda p: p["bpp"]) for k, v in curves.items()}
+
+
+def closest_rate(codec_: CodecUnderTest, original: np.ndarray, target_bytes: int) -> tuple[float, bytes]:
+    """The quality (1..100, bisection) whose file is the largest not above ``target_bytes``
+    (the smallest file if none fits), and that file."""
+    low, high = 1, 100
+    best = (1.0, codec_.encode(original, 1))
+    while low <= high:
+        mid = (low + high) // 2
+        data = codec_.encode(original, mid)
+        if len(data) <= target_bytes:
+            best, low = (float(mid), data), mid + 1
+        else:
+            high = mid - 1
+    return best
+
+
+def visual_comparison(path: Path, ours: CodecUnderTest, quality: float, out: Path, crop: int = 256) -> None:
+    """Crops of the original, ours and JPEG/WebP/AVIF at the same or lower bpp, with captions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with Image.open(path) as im:
+        original = np.asarray(im.convert("RGB"))
+    pixels = original.shape[0] * original.shape[1]
+    data = ours.encode(original, quality)
+    panels = [("original", original, None), (ours.name, ours.decode(data), data)]
+    for name, make in classic_codecs().items():
+        other = make()
+        _, other_data = closest_rate(other, original, len(data))
+        panels.append((name, other.decode(other_data), other_data))
+    h, w = original.shape[:2]
+    size = min(crop, h, w)
+    y0, x0 = (h - size) // 2, (w - size) // 2
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    for ax, (name, image, payload) in zip(axes, panels):
+        ax.imshow(image[y0 : y0 + size, x0 : x0 + size], interpolation="nearest")
+        caption = name if payload is None else f"{name}\n{8 * len(payload) / pixels:.3f} bpp, {psnr_rgb(original, image):.2f} dB"
+        ax.set_title(caption, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
