@@ -50,3 +50,24 @@ def test_eval_writes_csv_json_and_plot(tmp_path, installed_tiny):
     assert result["environment"]["torch"]
     for plot in ("rd.png", "visual-1.png"):
         assert (tmp_path / "out" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_external_tools_give_a_note(monkeypatch):
+    from mixcodec import eval as ev
+
+    monkeypatch.setattr(ev.shutil, "which", lambda name: None)
+    assert "apt-get install libjxl-tools" in ev.missing_tools("jxl")
+    assert ev.missing_tools("jpeg") is None
+
+
+@pytest.mark.parametrize("name", ["jxl", "hevc"])
+def test_external_codecs_round_trip_when_installed(name):
+    from mixcodec import eval as ev
+
+    if ev.missing_tools(name):
+        pytest.skip(ev.missing_tools(name))
+    codec_ = ev.classic_codecs()[name]()
+    image = smooth_image(64, 96)
+    low, high = (codec_.encode(image, q) for q in (codec_.qualities[0], codec_.qualities[-1]))
+    assert len(low) < len(high)
+    assert ev.psnr_rgb(image, codec_.decode(high)) > ev.psnr_rgb(image, codec_.decode(low))

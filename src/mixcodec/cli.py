@@ -181,7 +181,7 @@ def models_command() -> None:
 @main.command("eval")
 @click.argument("dataset", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--models", default=DEFAULT_MODEL, show_default=True, help="Comma-separated installed model names or weight files ('' for none).")
-@click.option("--codecs", default="jpeg,webp,avif", show_default=True, help="Comma-separated classic codecs ('' for none).")
+@click.option("--codecs", default="jpeg,webp,avif,jxl,hevc", show_default=True, help="Comma-separated classic codecs ('' for none).")
 @click.option("--reference", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="CSV of published RD points to plot and compare.")
 @click.option("--limit", type=int, help="Use only the first N images.")
 @click.option("--visual", multiple=True, help="Image file name in DATASET for a visual comparison at matched bpp (repeatable).")
@@ -213,6 +213,10 @@ def eval_command(dataset, models, codecs, reference, limit, visual, out) -> None
     for name in filter(None, codecs.split(",")):
         if name not in available:
             raise BadInput(f"unknown codec {name!r} (known: {', '.join(available)})")
+        note = ev.missing_tools(name)
+        if note:
+            click.echo(note, err=True)
+            continue
         under_test.append(available[name]())
     total = len(images) * sum(len(c.qualities) for c in under_test)
     rows = []

@@ -9,6 +9,9 @@ from __future__ import annotations
 import io
 import json
 import platform
+import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,13 +80,59 @@ def _pillow_codec(name: str, fmt: str, qualities: list[float], **options) -> Cod
     return CodecUnderTest(name, qualities, encode, decode)
 
 
+def _command_codec(name: str, qualities: list[float], suffix: str, encode_args, decoders: tuple[str, ...]) -> CodecUnderTest:
+    """A codec driven through command-line tools (``encode_args(src, dst, quality)``; the
+    first installed of ``decoders`` is run as ``decoder SRC DST``)."""
+    decoder = next((d for d in decoders if shutil.which(d)), decoders[0])
+
+    def run(args: list[str]) -> None:
+        subprocess.run(args, check=True, capture_output=True, timeout=600)
+
+    def encode(array: np.ndarray, quality: float) -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "in.png", Path(tmp) / f"out{suffix}"
+            Image.fromarray(array).save(src)
+            run(encode_args(str(src), str(dst), quality))
+            return dst.read_bytes()
+
+    def decode(data: bytes) -> np.ndarray:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / f"in{suffix}", Path(tmp) / "out.png"
+            src.write_bytes(data)
+            run([decoder, str(src), str(dst)])
+            return np.asarray(Image.open(dst).convert("RGB"))
+
+    return CodecUnderTest(name, qualities, encode, decode)
+
+
+#: External tools per codec (encoder, then alternative decoders), and the Debian packages that provide them.
+EXTERNAL_TOOLS = {"jxl": (("cjxl", ("djxl",)), "libjxl-tools"), "hevc": (("heif-enc", ("heif-dec", "heif-convert")), "libheif-examples")}
+
+
 def classic_codecs() -> dict[str, Callable[[], CodecUnderTest]]:
-    """Classic codecs through Pillow, with quality sweeps covering about 0.1-1.5 bpp on Kodak."""
+    """Classic codecs with quality sweeps covering about 0.1-1.5 bpp on Kodak: JPEG
+    (libjpeg-turbo, default settings), WebP (method 6) and AVIF (speed 4) through Pillow;
+    JPEG XL (``cjxl -q``) and HEVC intra (``heif-enc -q``, x265) through their tools."""
     return {
         "jpeg": lambda: _pillow_codec("jpeg", "JPEG", [5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90]),
         "webp": lambda: _pillow_codec("webp", "WEBP", [2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90], method=6),
         "avif": lambda: _pillow_codec("avif", "AVIF", [5, 10, 20, 30, 40, 50, 60, 70, 80], speed=4),
+        "jxl": lambda: _command_codec(
+            "jxl", [5, 15, 25, 35, 45, 55, 65, 75, 85, 92], ".jxl", lambda s, d, q: ["cjxl", s, d, "-q", str(int(q)), "--quiet"], ("djxl",)
+        ),
+        "hevc": lambda: _command_codec(
+            "hevc", [2, 5, 10, 15, 20, 25, 30, 35, 40], ".heic", lambda s, d, q: ["heif-enc", "-q", str(int(q)), "-o", d, s], ("heif-dec", "heif-convert")
+        ),
     }
+
+
+def missing_tools(name: str) -> str | None:
+    """Why codec ``name`` cannot run here (a one-line note), or None."""
+    (encoder, decoders), package = EXTERNAL_TOOLS.get(name, (("", ()), ""))
+    if not encoder:
+        return None
+    absent = [t for t in (encoder,) if shutil.which(t) is None] + ([] if any(shutil.which(d) for d in decoders) else [decoders[0]])
+    return f"{name} skipped: {', '.join(absent)} not installed (Debian: apt-get install {package})" if absent else None
 
 
 def learned_codec(infos: list[ModelInfo]) -> CodecUnderTest:
