@@ -43,3 +43,15 @@ def installed_tiny(tiny_model, monkeypatch):
     info = tiny_model()
     monkeypatch.setenv("MIXCODEC_MODELS", str(info.path.parent))
     return info
+
+
+@pytest.fixture()
+def tiny_ladder(tmp_path_factory, monkeypatch):
+    """Two tiny models named ``ladder`` (qualities 1 and 2) visible through ``$MIXCODEC_MODELS``."""
+    folder = tmp_path_factory.mktemp("ladder")
+    for quality in (1, 2):
+        torch.manual_seed(10 + quality)
+        config = ModelConfig(backbone="crm", family="gllmm", n=8 * quality, hidden=(24, 32))
+        export(ContextMixtureModel(config).state_dict(), config, folder / f"ladder-q{quality}.safetensors", name="ladder", quality=quality)
+    monkeypatch.setenv("MIXCODEC_MODELS", str(folder))
+    return folder

@@ -45,3 +45,47 @@ def test_large_byte_counts_with_common_divisor():
     scores = [[30.0, 32.0, 34.5], [29.0, 31.0, 35.0]]
     assert solve(costs, scores, 60_000) == [0, 2]  # 60 000 bytes, score 65
     assert solve(costs, scores, 59_999) == [2, 0]  # 52 000 bytes, score 63.5 (beats [1, 1] at 63)
+
+
+def run_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "mixcodec.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_allocate_cli_meets_the_budget_and_reports_infeasible_targets(tiny_ladder, tmp_path):
+    import json
+
+    from conftest import smooth_image
+    from PIL import Image
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(3):
+        Image.fromarray(smooth_image(64, 64 + 32 * i, seed=i)).save(data / f"{i}.png")
+    proc = run_cli("allocate", data, "--target-bpp", "100", "--metric", "psnr", "--models", "ladder", "-o", tmp_path / "big")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "big" / "allocation.json").read_text())
+    written = sum(f.stat().st_size for f in (tmp_path / "big").glob("*.mxc"))
+    assert report["bytes"] == written <= report["budget_bytes"]
+    assert len(report["images"]) == 3 and report["best_single_model"] is not None
+    proc = run_cli("allocate", data, "--target-bpp", "0.001", "--metric", "psnr", "--models", "ladder", "-o", tmp_path / "none")
+    assert proc.returncode == 2 and "infeasible" in proc.stderr and "bpp" in proc.stderr
+
+
+def test_compress_max_bytes_picks_a_quality_that_fits(tiny_ladder, tmp_path):
+    from conftest import smooth_image
+    from PIL import Image
+
+    Image.fromarray(smooth_image(64, 96)).save(tmp_path / "a.png")
+    sizes = {}
+    for q in (1, 2):
+        assert run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--quality", q, "-o", tmp_path / f"q{q}.mxc").returncode == 0
+        sizes[q] = (tmp_path / f"q{q}.mxc").stat().st_size
+    limit = max(sizes.values()) - 1
+    proc = run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--max-bytes", limit, "-o", tmp_path / "fit.mxc")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "fit.mxc").read_bytes() == (tmp_path / f"q{min(sizes, key=sizes.get)}.mxc").read_bytes()
+    proc = run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--max-bytes", 10, "-o", tmp_path / "none.mxc")
+    assert proc.returncode == 2 and "lowest quality" in proc.stderr

@@ -8,9 +8,15 @@ score subject to a total size budget is a multiple-choice knapsack problem;
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import gcd
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from . import codec
+from .models.registry import ModelInfo
 
 #: Largest DP table (images x budget cells, one byte each) :func:`solve` builds.
 MAX_TABLE_CELLS = 2_000_000_000
@@ -20,7 +26,7 @@ class InfeasibleBudget(ValueError):
     """Even the smallest candidate of every image does not fit the budget."""
 
     def __init__(self, minimum: int, budget: int):
-        super().__init__(f"budget of {budget} bytes is infeasible; the smallest choice needs {minimum} bytes")
+        super().__init__(f"a budget of {budget} bytes is infeasible; the smallest files need {minimum} bytes")
         self.minimum = minimum
 
 
@@ -74,3 +80,66 @@ def solve(costs: list[list[int]], scores: list[list[float]], budget: int) -> lis
         picked[i] = j
         b -= extra[i][j] // unit
     return picked
+
+
+@dataclass
+class Candidate:
+    """One image coded by one model: its file and quality."""
+
+    image: str
+    model: str
+    quality_index: int
+    data: bytes
+    psnr: float
+    ms_ssim: float
+
+
+def encode_candidates(paths: list[Path], infos: list[ModelInfo], progress=None) -> list[list[Candidate]]:
+    """Every image coded with every model (real files, decoded and measured once)."""
+    from .eval import ms_ssim_rgb, psnr_rgb
+
+    table = []
+    for path in paths:
+        with Image.open(path) as im:
+            original = np.asarray(im.convert("RGB"))
+        row = []
+        for info in infos:
+            data = codec.compress(original, model=info)
+            decoded = np.asarray(codec.decompress(data, model=info).convert("RGB"))
+            row.append(Candidate(path.name, info.name, info.quality, data, psnr_rgb(original, decoded), ms_ssim_rgb(original, decoded)))
+            if progress:
+                progress()
+        table.append(row)
+    return table
+
+
+def allocate(candidates: list[list[Candidate]], pixels: list[int], target_bpp: float, metric: str) -> dict:
+    """Best choice per image under ``target_bpp`` over the whole set, and the best single model.
+
+    Returns a report with ``choice`` (candidate index per image), totals and the
+    best single model (the one of highest mean score whose total fits the budget).
+    """
+    budget = int(target_bpp * sum(pixels) / 8)
+    key = "psnr" if metric == "psnr" else "ms_ssim"
+    costs = [[len(c.data) for c in row] for row in candidates]
+    scores = [[getattr(c, key) for c in row] for row in candidates]
+    try:
+        choice = solve(costs, scores, budget)
+    except InfeasibleBudget as exc:
+        raise InfeasibleBudget(exc.minimum, budget) from None
+    total = sum(costs[i][j] for i, j in enumerate(choice))
+    single = None
+    for j in range(len(candidates[0])):
+        size = sum(row[j] for row in costs)
+        mean = float(np.mean([row[j] for row in scores]))
+        if size <= budget and (single is None or mean > single["mean_score"]):
+            single = {"model": candidates[0][j].model, "quality": candidates[0][j].quality_index, "bytes": size, "bpp": 8 * size / sum(pixels), "mean_score": mean}
+    return {
+        "metric": key,
+        "budget_bytes": budget,
+        "choice": choice,
+        "bytes": total,
+        "bpp": 8 * total / sum(pixels),
+        "mean_score": float(np.mean([scores[i][j] for i, j in enumerate(choice)])),
+        "best_single_model": single,
+    }

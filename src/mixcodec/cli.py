@@ -7,6 +7,7 @@ overwritten and existing outputs only with ``--force``.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -115,15 +116,32 @@ def main() -> None:
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Installed model name or weight file.")
 @click.option("--quality", type=int, default=None, help="Quality index (default: the model's middle one).")
+@click.option("--target-bpp", type=float, help="Best quality of the model whose file fits this many bits per pixel.")
+@click.option("--max-bytes", type=int, help="Best quality of the model whose file fits this many bytes.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def compress_command(inputs, output, out_dir, model, quality, force) -> None:
+def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_bytes, force) -> None:
     """Compress images to .mxc files (default: next to each input)."""
+    if (target_bpp is not None or max_bytes is not None) and quality is not None:
+        raise BadInput("--quality cannot be combined with --target-bpp/--max-bytes")
     try:
         info = find_model(model, quality)
+        ladder = sorted((i for i in installed_models() if i.name == info.name), key=lambda i: -i.quality) or [info]
     except ModelNotFound as exc:
         raise BadInput(str(exc)) from None
     outs = _outputs(inputs, output, out_dir, ".mxc")
-    _run_each(inputs, outs, lambda p: compress(open_image(p), model=info), force)
+
+    def job(path: Path) -> bytes:
+        image = open_image(path)
+        if target_bpp is None and max_bytes is None:
+            return compress(image, model=info)
+        limit = max_bytes if max_bytes is not None else int(target_bpp * image.width * image.height / 8)
+        for candidate in ladder:  # highest quality first
+            data = compress(image, model=candidate)
+            if len(data) <= limit:
+                return data
+        raise InputError(f"even the lowest quality needs {len(data)} bytes ({8 * len(data) / (image.width * image.height):.4f} bpp), over the limit of {limit}")
+
+    _run_each(inputs, outs, job, force)
 
 
 @main.command("decompress")
@@ -243,6 +261,57 @@ def eval_command(dataset, models, codecs, reference, limit, visual, out) -> None
         ev.visual_comparison(dataset / name, ours, ours.qualities[len(ours.qualities) // 2], target)
         click.echo(f"wrote {target}")
     click.echo(f"wrote {out / 'rows.csv'}, {out / 'results.json'}, {out / 'rd.png'}")
+
+
+@main.command("allocate")
+@click.argument("dataset", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--target-bpp", type=float, required=True, help="Budget for the whole set, in bits per pixel.")
+@click.option("--metric", type=click.Choice(["ms-ssim", "psnr"]), default="ms-ssim", show_default=True, help="Quality to maximize (mean over images).")
+@click.option("--models", default=DEFAULT_MODEL, show_default=True, help="Installed model name (all its qualities) or comma-separated weight files.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def allocate_command(dataset, target_bpp, metric, models, out, force) -> None:
+    """Choose one model per image to maximize mean quality under a total size budget (knapsack DP)."""
+    from tqdm import tqdm
+
+    from . import allocate as al
+    from .models.registry import read_info
+    from .train import list_images
+
+    if all(p.endswith(".safetensors") for p in models.split(",")):
+        infos = [read_info(Path(p)) for p in models.split(",")]
+    else:
+        infos = [i for i in installed_models() if i.name == models]
+    if not infos:
+        raise BadInput(f"no installed model named {models!r}")
+    paths = list_images(dataset)
+    if not paths:
+        raise BadInput(f"no images under {dataset}")
+    pixels = []
+    for p in paths:
+        with Image.open(p) as im:
+            pixels.append(im.width * im.height)
+    with tqdm(total=len(paths) * len(infos), unit="file", file=sys.stderr) as bar:
+        table = al.encode_candidates(paths, infos, progress=lambda: bar.update(1))
+    try:
+        report = al.allocate(table, pixels, target_bpp, metric)
+    except al.InfeasibleBudget as exc:
+        raise BadInput(f"target of {target_bpp} bpp is infeasible: the smallest files give {8 * exc.minimum / sum(pixels):.4f} bpp") from None
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for row, j in zip(table, report["choice"]):
+        chosen = row[j]
+        write_atomic(out / (Path(chosen.image).stem + ".mxc"), chosen.data, force)
+        rows.append({"image": chosen.image, "model": chosen.model, "quality": chosen.quality_index, "bytes": len(chosen.data), "psnr": chosen.psnr, "ms_ssim": chosen.ms_ssim})
+        click.echo(f"{chosen.image:<20} q{chosen.quality_index:<3} {len(chosen.data):>8} B  PSNR {chosen.psnr:6.2f}  MS-SSIM {chosen.ms_ssim:.4f}")
+    report["images"] = rows
+    (out / "allocation.json").write_text(json.dumps(report, indent=1))
+    single = report["best_single_model"]
+    click.echo(f"allocated: {report['bytes']} B = {report['bpp']:.4f} bpp (budget {report['budget_bytes']} B), mean {report['metric']} {report['mean_score']:.4f}")
+    if single:
+        click.echo(f"best single model under the same budget: q{single['quality']} {single['bpp']:.4f} bpp, mean {report['metric']} {single['mean_score']:.4f}")
+    else:
+        click.echo("no single model fits the budget")
 
 
 @main.command("sample")
