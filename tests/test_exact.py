@@ -28,8 +28,9 @@ def test_integer_pmf_matches_the_float_mixture():
         mixture = exact.integer_params(spec, fixed)
         values = torch.arange(-40, 41)
         expected = mixture_likelihood(spec, values.double()[:, None, None], type(reference)(*(t[:, :, None] for t in (reference.weights, reference.means, reference.scales))))
-        got = exact.integer_pmf(spec, values[:, None, None], exact.IntegerMixture(*(t[:, :, None] for t in (mixture.weights, mixture.means, mixture.scales))))
-        got = got.double() * 2.0**-exact.PMF_BITS
+        flat = exact.IntegerMixture(*(t[..., 0] for t in (mixture.weights, mixture.means, mixture.scales)))  # (F, K, 200)
+        got = exact.integer_window_pmf(spec, torch.full((200,), -40), values.numel(), flat.select(torch.arange(200)))
+        got = (got * 2.0**-exact.PMF_BITS).T[:, :, None]  # (81, 200, 1) like expected
         assert torch.isfinite(got).all() and (got >= 0).all()
         # bits under the integer PMF vs the float PMF, weighted by the float PMF
         cost = (expected * (torch.log2(expected) - torch.log2(got.clamp_min(1e-12)))).sum(0)
@@ -41,8 +42,11 @@ def test_edge_bins_are_open():
     mixture = exact.IntegerMixture(
         torch.tensor([[[1 << exact.MIX_BITS]]]), torch.tensor([[[-300 << exact.ACT_BITS]]]), torch.tensor([[[1 << exact.SCALE_BITS]]])
     )
-    pmf = exact.integer_pmf(spec, torch.tensor([[LATENT_MIN], [LATENT_MIN + 1], [LATENT_MAX]]), mixture)
-    assert pmf[0, 0] == 1 << exact.PMF_BITS and pmf[1, 0] == 0 and pmf[2, 0] == 0
+    low = exact.integer_window_pmf(spec, torch.tensor([LATENT_MIN - 2]), 4, mixture)[0]
+    assert low.tolist() == [0, 0, 1 << exact.PMF_BITS, 0]  # nothing below the range; the lowest bin holds all the mass
+    far = exact.IntegerMixture(mixture.weights, torch.tensor([[[300 << exact.ACT_BITS]]]), mixture.scales)
+    high = exact.integer_window_pmf(spec, torch.tensor([LATENT_MAX - 1]), 3, far)[0]
+    assert high.tolist() == [0, 1 << exact.PMF_BITS, 0]
 
 
 def test_integer_networks_follow_the_float_networks(tiny_model):

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from .entropy import coding, exact
-from .entropy.distributions import LATENT_MAX, LATENT_MIN
 from .models.context_model import CONTEXT_KERNEL, ContextMixtureModel
 
 SCHEDULES = ("wavefront", "raster")
@@ -115,10 +114,8 @@ def _pmf_batches(spec, mixture: exact.IntegerMixture) -> list[_Batch]:
         if idx.numel() == 0:
             continue
         offsets = centers[idx] - h
-        grid = offsets[:, None] + torch.arange(2 * h + 1)
-        pmf = exact.integer_pmf(spec, grid, mixture.select(idx))
-        pmf = torch.where((grid >= LATENT_MIN) & (grid <= LATENT_MAX), pmf, 0)
-        batches.append(_Batch(idx.numpy(), pmf.double().numpy() * 2.0**-exact.PMF_BITS, offsets.numpy()))
+        pmf = exact.integer_window_pmf(spec, offsets, 2 * h + 1, mixture.select(idx))
+        batches.append(_Batch(idx.numpy(), pmf.numpy() * 2.0**-exact.PMF_BITS, offsets.numpy()))
     return batches
 
 

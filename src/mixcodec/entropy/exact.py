@@ -72,10 +72,10 @@ def build_tables() -> dict[str, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def tables() -> dict[str, Tensor]:
-    """The shipped tables as int64 tensors."""
+    """The shipped tables: CDFs as float64 (exact integers), ``exp``/``softplus`` as int64."""
     with resources.files("mixcodec.entropy").joinpath(_TABLE_FILE).open("rb") as handle:
         data = np.load(handle)
-        return {k: torch.from_numpy(data[k].astype(np.int64)) for k in data.files}
+        return {k: torch.from_numpy(data[k].astype(np.float64 if k.startswith("cdf_") else np.int64)) for k in data.files}
 
 
 # ----------------------------------------------------------------------------- networks
@@ -203,35 +203,49 @@ def integer_params(spec: MixtureSpec, raw: Tensor) -> IntegerMixture:
 
 
 def _cdf(family: str, offset: Tensor, scales: Tensor) -> Tensor:
-    """Integer CDF (units ``2**-CDF_BITS``) at ``t = offset / scale``; offset in ``2**-ACT_BITS``."""
+    """CDF at ``t = offset / scale`` in units of ``2**-CDF_BITS``.
+
+    ``offset`` (units ``2**-ACT_BITS``) and ``scales`` (``2**-SCALE_BITS``) are float64
+    tensors holding integers.  The quotient is one correctly rounded IEEE division
+    (identical on every platform); the rest is integer-valued float64 arithmetic
+    below ``2**53``, hence exact.
+    """
     table = tables()[f"cdf_{family}"]
-    # t in units of 2**-(2 * GRID_BITS): index on the grid plus an 8-bit interpolation fraction
-    q = torch.div(offset << (SCALE_BITS - ACT_BITS + 2 * GRID_BITS), scales, rounding_mode="floor")
-    index = (q >> GRID_BITS) + (T_RANGE << GRID_BITS)
-    frac = q & ((1 << GRID_BITS) - 1)
+    # t in units of 2**-(2 * GRID_BITS): a grid index plus an 8-bit interpolation fraction
+    q = torch.floor(offset * 2.0 ** (SCALE_BITS - ACT_BITS + 2 * GRID_BITS) / scales)
+    index = torch.floor(q * 2.0**-GRID_BITS)
+    frac = q - index * 2.0**GRID_BITS
+    index = index + (T_RANGE << GRID_BITS)
     last = table.numel() - 1
-    inside = index.clamp(0, last - 1)
+    inside = index.clamp(0, last - 1).long()
     low, high = table[inside], table[inside + 1]
-    value = low + (((high - low) * frac) >> GRID_BITS)
-    value = torch.where(index < 0, torch.zeros_like(value), value)
-    return torch.where(index >= last, torch.full_like(value, 1 << CDF_BITS), value)
+    value = low + torch.floor((high - low) * frac * 2.0**-GRID_BITS)
+    value = torch.where(index < 0, 0.0, value)
+    return torch.where(index >= last, float(1 << CDF_BITS), value)
 
 
-def integer_pmf(spec: MixtureSpec, values: Tensor, mixture: IntegerMixture) -> Tensor:
-    """Integer probabilities (units ``2**-PMF_BITS``) of integer ``values`` (int64,
-    broadcastable against the element shape); bins as in :func:`~.distributions.bin_mass`."""
+def integer_window_pmf(spec: MixtureSpec, lowest: Tensor, width: int, mixture: IntegerMixture) -> Tensor:
+    """Probabilities of the values ``lowest[i] + j`` (``j < width``), in units of ``2**-PMF_BITS``.
+
+    Args:
+        lowest: ``(m,)`` int64, the first value of each window.
+        mixture: parameters of shape ``(F, K, m, 1)`` (see :meth:`IntegerMixture.select`).
+    Returns:
+        ``(m, width)`` float64 holding exact integers.  Bins as in
+        :func:`~.distributions.bin_mass`: the bin of ``LATENT_MIN`` extends to -inf,
+        that of ``LATENT_MAX`` to +inf, values outside the range get 0.
+    """
     half = 1 << (ACT_BITS - 1)
-    position = (values << ACT_BITS).unsqueeze(0).unsqueeze(0)
-    total = torch.zeros((), dtype=torch.int64)
+    bounds = ((lowest[:, None] + torch.arange(width + 1)) << ACT_BITS) - half  # lower edge of each bin, (m, W+1)
+    open_low = bounds <= (LATENT_MIN << ACT_BITS) - half
+    open_high = bounds >= (LATENT_MAX << ACT_BITS) + half
+    bounds = bounds.double()
+    weights, means, scales = (t.double() for t in (mixture.weights, mixture.means, mixture.scales))
+    total = torch.zeros(len(lowest), width, dtype=torch.float64)
     for f, family in enumerate(spec.families):
-        means, scales = mixture.means[f : f + 1], mixture.scales[f : f + 1]
-        distance = (position - means).abs()
-        interior = _cdf(family, half - distance, scales) - _cdf(family, -half - distance, scales)
-        low_edge = _cdf(family, (LATENT_MIN << ACT_BITS) + half - means, scales)
-        high_edge = _cdf(family, means - (LATENT_MAX << ACT_BITS) + half, scales)
-        mass = torch.where(position == LATENT_MIN << ACT_BITS, low_edge, interior)
-        mass = torch.where(position == LATENT_MAX << ACT_BITS, high_edge, mass)
-        total = total + (mixture.weights[f : f + 1] * mass).sum((0, 1))
+        cdf = _cdf(family, bounds - means[f], scales[f])  # (K, m, W+1)
+        cdf = torch.where(open_low, 0.0, torch.where(open_high, float(1 << CDF_BITS), cdf))
+        total += (weights[f] * (cdf[..., 1:] - cdf[..., :-1])).sum(0)
     return total
 
 
