@@ -62,6 +62,10 @@ def test_train_resume_and_export(tmp_path):
     assert info.kodak["images"] == 2 and info.kodak["bpp"] > 0 and info.kodak["psnr"] > 0
     model = load_model(info)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    # a shipped weight file is a starting point for further training
+    tuned = train(dataclasses.replace(cfg, steps=1), tmp_path / "data", tmp_path / "tuned", init=info.path)
+    assert torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)["step"] == 1
+    assert tuned.config == info.config
 
 
 DDP_SCRIPT = """

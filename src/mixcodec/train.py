@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from tqdm import tqdm
 
 from .losses import rate_distortion_loss
@@ -150,6 +151,17 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr if step < cfg.lr_drop_at * cfg.steps else cfg.lr_final
 
 
+def initial_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Model weights (float32) from a training checkpoint (``.pt``) or a weight file (``.safetensors``)."""
+    if path.suffix == ".safetensors":
+        from .models.registry import TABLES_PREFIX
+
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: handle.get_tensor(k).float() for k in handle.keys() if not k.startswith(TABLES_PREFIX)}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["model"] if "model" in state else state
+
+
 def _distributed_setup() -> tuple[int, int, torch.device]:
     """``(rank, world_size, device)``; joins the process group when launched by ``torchrun``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -193,8 +205,7 @@ def train(
         aux_optimizer.load_state_dict(state["aux_optimizer"])
         step = state["step"]
     elif init is not None:
-        state = torch.load(init, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"] if "model" in state else state)
+        model.load_state_dict(initial_weights(Path(init)))
     model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
