@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 from conftest import smooth_image
@@ -91,3 +92,24 @@ def test_escape_codes_values_far_outside_the_window():
 def test_values_outside_the_latent_range_are_refused():
     with pytest.raises(ValueError):
         coding.encode_symbols(coding.new_encoder(), np.array([LATENT_MAX + 1]), np.ones((1, 3)), np.array([0]))
+
+
+def test_input_conversion_rules():
+    gray16 = Image.fromarray((np.arange(12 * 10, dtype=np.uint16).reshape(12, 10) * 500))
+    array, mode = codec.to_rgb_array(gray16)
+    assert mode == "L" and array.shape == (12, 10, 3)
+    assert array[0, 1, 0] == round(500 / 257) and (array[..., 0] == array[..., 2]).all()
+    opaque = Image.new("RGBA", (5, 4), (1, 2, 3, 255))
+    array, mode = codec.to_rgb_array(opaque)
+    assert mode == "RGB" and array[0, 0].tolist() == [1, 2, 3]
+    with pytest.raises(codec.InputError):
+        codec.to_rgb_array(Image.new("RGBA", (5, 4), (1, 2, 3, 10)))
+    with pytest.raises(codec.InputError):
+        codec.to_rgb_array(np.zeros((4, 4), dtype=np.uint8))
+
+
+def test_api_accepts_pil_images_and_returns_pil_images(tiny_model):
+    info = tiny_model()
+    image = Image.fromarray(smooth_image(40, 50))
+    decoded = codec.decompress(codec.compress(image, model=info), model=info)
+    assert isinstance(decoded, Image.Image) and decoded.mode == "RGB" and decoded.size == (50, 40)
