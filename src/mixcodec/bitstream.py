@@ -32,13 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .context_coding import SCHEDULES
+
 MAGIC = b"MXC\x89"
 FORMAT_VERSION = 1
 MAX_SIDE = 1 << 15
 #: Largest image (pixels) the codec accepts; bounds memory use of the transforms.
 MAX_PIXELS = 1 << 24
 MODES = ("RGB", "L")
-SCHEDULE_IDS = ("wavefront", "raster")
+SCHEDULE_IDS = SCHEDULES  # stored as the index into this tuple
 
 
 class FormatError(ValueError):

@@ -129,7 +129,7 @@ def code_latents(
     """Walk the schedule and code every active element of ``ŷ``.
 
     Args:
-        hyper: ``(2n, H, W)`` float64 hyper features.
+        hyper: ``(2n, H, W)`` hyper features from :meth:`EntropyPath.hyper`.
         active: sorted indices of the coded (not all-zero) channels.
         code: ``code(rows, cols, batch) -> values`` with the step's positions: the encoder writes
             the known values of ``batch.elements`` and returns them; the decoder
