@@ -45,6 +45,9 @@ def test_compress_decompress_info(encoded, tmp_path):
     proc = mixcodec("decompress", mxc, "-o", tmp_path / "out.png", env_models=models)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "out.png").size == (90, 70)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o666 & ~umask
     info = mixcodec("info", mxc, env_models=models)
     assert info.returncode == 0 and "tiny quality 1" in info.stdout and "90x70" in info.stdout
     assert f"bytes:    {mxc.stat().st_size} " in info.stdout
