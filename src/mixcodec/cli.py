@@ -107,6 +107,22 @@ def _run_each(inputs, outputs, job, force: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
+def _model_set(spec: str, separator: str) -> list:
+    """The models of one curve: an installed name (all its qualities), or weight files joined by ``separator``."""
+    from .models.registry import read_info
+
+    paths = [Path(p) for p in spec.split(separator)]
+    if all(p.suffix == ".safetensors" for p in paths):
+        try:
+            return [read_info(p) for p in paths]
+        except (OSError, ValueError) as exc:
+            raise BadInput(str(exc)) from None
+    infos = [i for i in installed_models() if i.name == spec]
+    if not infos:
+        raise BadInput(f"no installed model named {spec!r}")
+    return infos
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mixcodec")
 def main() -> None:
@@ -220,16 +236,7 @@ def eval_command(dataset, models, codecs, reference, limit, visual, out) -> None
     available = ev.classic_codecs()
     learned = []
     for name in filter(None, models.split(",")):
-        paths = [Path(p) for p in name.split("+")]
-        if all(p.suffix == ".safetensors" for p in paths):
-            from .models.registry import read_info
-
-            infos = [read_info(p) for p in paths]
-        else:
-            infos = [i for i in installed_models() if i.name == name]
-        if not infos:
-            raise BadInput(f"no installed model named {name!r}")
-        learned.append(ev.learned_codec(infos))
+        learned.append(ev.learned_codec(_model_set(name, "+")))
     under_test = list(learned)
     for name in filter(None, codecs.split(",")):
         if name not in available:
@@ -278,15 +285,9 @@ def allocate_command(dataset, target_bpp, metric, models, out, force) -> None:
     from tqdm import tqdm
 
     from . import allocate as al
-    from .models.registry import read_info
     from .train import list_images
 
-    if all(p.endswith(".safetensors") for p in models.split(",")):
-        infos = [read_info(Path(p)) for p in models.split(",")]
-    else:
-        infos = [i for i in installed_models() if i.name == models]
-    if not infos:
-        raise BadInput(f"no installed model named {models!r}")
+    infos = _model_set(models, ",")
     paths = list_images(dataset)
     if not paths:
         raise BadInput(f"no images under {dataset}")
