@@ -44,10 +44,10 @@ def worker(kind: str, model: str, threads: int, images: list[str], repeats: int)
 
         n = info.config.n
     else:
-        from compressai.zoo import cheng2020_attn
+        from compressai.models import Cheng2020Attention
 
         n = int(model)
-        net = cheng2020_attn(quality=3 if n == 128 else 6, pretrained=False).eval()
+        net = Cheng2020Attention(N=n).eval()
         net.update(force=True)
 
         def to_tensor(a):

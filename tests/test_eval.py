@@ -12,7 +12,7 @@ import pytest
 from conftest import smooth_image
 from PIL import Image
 
-from mixcodec.eval import bd_rate
+from mixcodec.eval import bd_rate, read_rows
 
 RATES = [0.1, 0.25, 0.5, 0.8, 1.2]
 PSNRS = [27.0, 29.5, 32.0, 34.0, 36.0]
@@ -71,3 +71,31 @@ def test_external_codecs_round_trip_when_installed(name):
     low, high = (codec_.encode(image, q) for q in (codec_.qualities[0], codec_.qualities[-1]))
     assert len(low) < len(high)
     assert ev.psnr_rgb(image, codec_.decode(high)) > ev.psnr_rgb(image, codec_.decode(low))
+
+
+def test_reuse_takes_earlier_rows_instead_of_coding_again(tmp_path):
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(40, 50, seed=i)).save(data / f"{i}.png")
+
+    def run(*extra):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        proc = subprocess.run([sys.executable, "-m", "mixcodec.cli", "eval", str(data), "--models", "", "-o", str(out), *extra],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return read_rows(out / "rows.csv"), out
+
+    jpeg, first = run("--codecs", "jpeg", "--limit", "1")
+    both, _ = run("--codecs", "jpeg,webp", "--reuse", str(first / "rows.csv"))
+    assert len(jpeg) == 11 and len(both) == 2 * 2 * 11
+    reused = [r for r in both if r.codec == "jpeg" and r.image == "0.png"]
+    same = [(r.quality, r.bytes, r.encode_s, r.decode_s) for r in reused]
+    assert same == [(r.quality, r.bytes, r.encode_s, r.decode_s) for r in jpeg]  # same timings: taken from the file
+
+
+def test_bd_rate_leaves_out_undefined_points():
+    nan = float("nan")
+    assert bd_rate(RATES + [2.0], PSNRS + [nan], RATES, PSNRS) == pytest.approx(0.0, abs=1e-9)
+    assert bd_rate(RATES, PSNRS, RATES, [nan] + PSNRS[1:]) == pytest.approx(0.0, abs=0.5)  # 4 points are enough
+    assert np.isnan(bd_rate(RATES, PSNRS, RATES, [nan, nan] + PSNRS[2:]))

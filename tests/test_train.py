@@ -9,11 +9,13 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import smooth_image
 from PIL import Image
 
+from mixcodec.eval import read_rows
 from mixcodec.models.registry import load_model, read_info
 from mixcodec.train import TrainConfig, load_preset, to_toml, train
 
@@ -53,13 +55,17 @@ def test_train_resume_and_export(tmp_path):
     train(dataclasses.replace(cfg, steps=5), tmp_path / "data", tmp_path / "run", resume=True)
     assert torch.load(ckpt, weights_only=True)["step"] == 5
     proc = subprocess.run(
-        [sys.executable, "-m", "mixcodec.cli", "export", str(ckpt), "-o", str(tmp_path / "w.safetensors"), "--name", "t", "--quality", "2", "--measure", str(data)],
+        [sys.executable, "-m", "mixcodec.cli", "export", str(ckpt), "-o", str(tmp_path / "w.safetensors"), "--name", "t", "--quality", "2", "--measure", str(data),
+         "--rows", str(tmp_path / "rows.csv")],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     info = read_info(tmp_path / "w.safetensors")
     assert (info.name, info.quality, info.config.hidden, info.lmbda) == ("t", 2, (16, 24), cfg.lmbda)
     assert info.kodak["images"] == 2 and info.kodak["bpp"] > 0 and info.kodak["psnr"] > 0
+    rows = read_rows(tmp_path / "rows.csv")
+    assert [(r.codec, r.quality) for r in rows] == [("t", 2.0)] * 2
+    assert np.mean([r.bpp for r in rows]) == pytest.approx(info.kodak["bpp"])
     model = load_model(info)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # a shipped weight file is a starting point for further training

@@ -222,8 +222,10 @@ def models_command() -> None:
 @click.option("--reference", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="CSV of published RD points to plot and compare.")
 @click.option("--limit", type=int, help="Use only the first N images.")
 @click.option("--visual", multiple=True, help="Image file name in DATASET for a visual comparison at matched bpp (repeatable).")
+@click.option("--reuse", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="rows.csv of an earlier run (repeatable): its (codec, quality, image) rows are taken instead of coded again.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False))
-def eval_command(dataset, models, codecs, reference, limit, visual, out) -> None:
+def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) -> None:
     """Rate-distortion of models and classic codecs on a folder of images (real files)."""
     from tqdm import tqdm
 
@@ -246,11 +248,11 @@ def eval_command(dataset, models, codecs, reference, limit, visual, out) -> None
             click.echo(note, err=True)
             continue
         under_test.append(available[name]())
-    total = len(images) * sum(len(c.qualities) for c in under_test)
-    rows = []
-    with tqdm(total=total, unit="file", file=sys.stderr) as bar:
+    wanted = {(c.name, float(q), p.name) for c in under_test for q in c.qualities for p in images}
+    rows = [r for path in reuse for r in ev.read_rows(path) if (r.codec, r.quality, r.image) in wanted]
+    with tqdm(total=len(wanted) - len(rows), unit="file", file=sys.stderr) as bar:
         for candidate in under_test:
-            rows += ev.evaluate(candidate, images, progress=lambda: bar.update(1))
+            rows += ev.evaluate(candidate, images, progress=lambda: bar.update(1), done=rows)
     result = ev.write_results(rows, out)
     published = ev.read_reference(reference) if reference else None
     ev.plot_rd(result["curves"], out / "rd.png", published)
@@ -362,8 +364,10 @@ def train_command(preset, data, out, lmbda, metric, steps, resume, init, minutes
 @click.option("--quality", type=int, required=True)
 @click.option("--measure", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Folder of images (e.g. Kodak) to measure from real files; the mean bpp/PSNR/MS-SSIM is stored in the file.")
+@click.option("--rows", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --measure: also write the per-image rows as CSV (for `mixcodec eval --reuse`).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export_command(checkpoint, output, name, quality, measure, force) -> None:
+def export_command(checkpoint, output, name, quality, measure, rows, force) -> None:
     """Write a training checkpoint as an fp16 safetensors weight file."""
     import torch
 
@@ -381,8 +385,10 @@ def export_command(checkpoint, output, name, quality, measure, force) -> None:
     config = ModelConfig.from_json(state["config"])
     info = export(state["model"], config, output, **meta)
     if measure is not None:
-        rows = ev.evaluate(ev.learned_codec([info]), list_images(measure))
-        point = ev.mean_curve(rows)[name][0]
+        measured = ev.evaluate(ev.learned_codec([info]), list_images(measure))
+        if rows is not None:
+            ev.write_rows(measured, rows)
+        point = ev.mean_curve(measured)[name][0]
         kodak = {"bpp": point["bpp"], "psnr": point["psnr"], "ms_ssim": point["ms_ssim"], "images": point["images"], "set": measure.name}
         info = export(state["model"], config, output, kodak=kodak, **meta)
         click.echo(f"{measure.name}: {point['bpp']:.4f} bpp, {point['psnr']:.2f} dB PSNR, MS-SSIM {point['ms_ssim']:.4f} over {point['images']} images")
