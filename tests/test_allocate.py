@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mixcodec import allocate
 from mixcodec.allocate import InfeasibleBudget, solve
+from mixcodec.eval import read_rows
 
 
 def brute_force(costs, scores, budget):
@@ -48,9 +54,6 @@ def test_large_byte_counts_with_common_divisor():
 
 
 def run_cli(*args):
-    import subprocess
-    import sys
-
     return subprocess.run([sys.executable, "-m", "mixcodec.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
@@ -89,3 +92,30 @@ def test_compress_max_bytes_picks_a_quality_that_fits(tiny_ladder, tmp_path):
     assert (tmp_path / "fit.mxc").read_bytes() == (tmp_path / f"q{min(sizes, key=sizes.get)}.mxc").read_bytes()
     proc = run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--max-bytes", 10, "-o", tmp_path / "none.mxc")
     assert proc.returncode == 2 and "lowest quality" in proc.stderr
+
+
+def test_benchmark_from_measured_rows_never_exceeds_the_budget(tmp_path):
+    """benchmarks/allocation.py on rows of a measured eval: within budget and never worse than one quality for all."""
+    from mixcodec.eval import Row, write_rows
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(6):
+        pixels = 1000 * (i + 1)
+        for q in (1, 2, 3):
+            size = int(pixels * q * rng.uniform(0.02, 0.06))
+            rows.append(Row("m", float(q), f"{i}.png", size, 8 * size / pixels, 25 + 3 * q + rng.normal(), 1 - 0.1 / q, 10.0, 0.0, 0.0))
+    rows.append(Row("m", 1.0, "lacks-qualities.png", 10, 0.1, 20.0, 0.5, 3.0, 0.0, 0.0))
+    write_rows(rows, tmp_path / "rows.csv")
+    table, pixels = allocate.candidates_from_rows(read_rows(tmp_path / "rows.csv"), "m")
+    assert len(table) == 6 and pixels == [1000 * (i + 1) for i in range(6)]
+    script = Path(__file__).parents[1] / "benchmarks" / "allocation.py"
+    proc = subprocess.run([sys.executable, str(script), "--rows", str(tmp_path / "rows.csv"), "--codec", "m", "--budgets", "0.1,0.5,0.9",
+                           "-o", str(tmp_path / "a.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "a.json").read_text())["results"]
+    assert len(results) == 6, proc.stdout
+    assert all("infeasible_min_bpp" in r for r in results[:2])
+    for r in results[2:]:
+        assert r["allocated"]["bpp"] <= r["budget_bpp"]
+        assert np.isnan(r["gain"]) or r["gain"] >= -1e-12

@@ -84,14 +84,16 @@ def solve(costs: list[list[int]], scores: list[list[float]], budget: int) -> lis
 
 @dataclass
 class Candidate:
-    """One image coded by one model: its file and quality."""
+    """One image coded by one model: its size (bytes of the real file), quality, and the file
+    itself when it was coded in this run (``None`` when taken from measured rows)."""
 
     image: str
     model: str
     quality_index: int
-    data: bytes
+    size: int
     psnr: float
     ms_ssim: float
+    data: bytes | None = None
 
 
 def encode_candidates(paths: list[Path], infos: list[ModelInfo], progress=None) -> list[list[Candidate]]:
@@ -106,11 +108,27 @@ def encode_candidates(paths: list[Path], infos: list[ModelInfo], progress=None) 
         for info in infos:
             data = codec.compress(original, model=info)
             decoded = np.asarray(codec.decompress(data, model=info).convert("RGB"))
-            row.append(Candidate(path.name, info.name, info.quality, data, psnr_rgb(original, decoded), ms_ssim_rgb(original, decoded)))
+            row.append(Candidate(path.name, info.name, info.quality, len(data), psnr_rgb(original, decoded), ms_ssim_rgb(original, decoded), data))
             if progress:
                 progress()
         table.append(row)
     return table
+
+
+def candidates_from_rows(rows: list, codec_name: str) -> tuple[list[list[Candidate]], list[int]]:
+    """Candidates from measured :class:`~mixcodec.eval.Row` s of one codec (e.g. ``mixcodec eval``'s
+    ``rows.csv``), and each image's pixel count.  Images lacking a quality are left out."""
+    mine = [r for r in rows if r.codec == codec_name]
+    qualities = sorted({r.quality for r in mine})
+    table, pixels = [], []
+    for image in sorted({r.image for r in mine}):
+        by_quality = {r.quality: r for r in mine if r.image == image}
+        if len(by_quality) != len(qualities):
+            continue
+        row = [Candidate(image, codec_name, int(q), by_quality[q].bytes, by_quality[q].psnr, by_quality[q].ms_ssim) for q in qualities]
+        table.append(row)
+        pixels.append(round(8 * row[0].size / by_quality[qualities[0]].bpp))
+    return table, pixels
 
 
 def allocate(candidates: list[list[Candidate]], pixels: list[int], target_bpp: float, metric: str) -> dict:
@@ -121,7 +139,7 @@ def allocate(candidates: list[list[Candidate]], pixels: list[int], target_bpp: f
     """
     budget = int(target_bpp * sum(pixels) / 8)
     key = "psnr" if metric == "psnr" else "ms_ssim"
-    costs = [[len(c.data) for c in row] for row in candidates]
+    costs = [[c.size for c in row] for row in candidates]
     scores = [[getattr(c, key) for c in row] for row in candidates]
     try:
         choice = solve(costs, scores, budget)

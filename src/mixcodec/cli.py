@@ -308,8 +308,8 @@ def allocate_command(dataset, target_bpp, metric, models, out, force) -> None:
     for row, j in zip(table, report["choice"]):
         chosen = row[j]
         write_atomic(out / (Path(chosen.image).stem + ".mxc"), chosen.data, force)
-        rows.append({"image": chosen.image, "model": chosen.model, "quality": chosen.quality_index, "bytes": len(chosen.data), "psnr": chosen.psnr, "ms_ssim": chosen.ms_ssim})
-        click.echo(f"{chosen.image:<20} q{chosen.quality_index:<3} {len(chosen.data):>8} B  PSNR {chosen.psnr:6.2f}  MS-SSIM {chosen.ms_ssim:.4f}")
+        rows.append({"image": chosen.image, "model": chosen.model, "quality": chosen.quality_index, "bytes": chosen.size, "psnr": chosen.psnr, "ms_ssim": chosen.ms_ssim})
+        click.echo(f"{chosen.image:<20} q{chosen.quality_index:<3} {chosen.size:>8} B  PSNR {chosen.psnr:6.2f}  MS-SSIM {chosen.ms_ssim:.4f}")
     report["images"] = rows
     (out / "allocation.json").write_text(json.dumps(report, indent=1))
     single = report["best_single_model"]
