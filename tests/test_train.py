@@ -74,6 +74,53 @@ def test_train_resume_and_export(tmp_path):
     assert tuned.config == info.config
 
 
+def test_frozen_modules_are_shared_with_the_base_weight_file(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(smooth_image(80, 90)).save(data / "0.png")
+    train(tiny_config(steps=1), data, tmp_path / "base")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+
+    def export(run, name, *extra):
+        cmd = [sys.executable, "-m", "mixcodec.cli", "export", str(tmp_path / run / "last.pt"), "-o", str(weights / name), "--quality", "1", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    assert export("base", "base.safetensors").returncode == 0
+    tuned = train(tiny_config(steps=2, lmbda=0.05, freeze=["entropy_parameters"]), data, tmp_path / "tuned", init=weights / "base.safetensors")
+    base_model = load_model(read_info(weights / "base.safetensors"))
+    same = {name: torch.equal(p.half(), q.half()) for (name, p), q in zip(tuned.named_parameters(), base_model.parameters())}
+    assert all(same[k] for k in same if k.startswith("entropy_parameters"))
+    assert not all(same[k] for k in same if k.startswith("g_s"))
+    elsewhere = tmp_path / "base.safetensors"
+    elsewhere.write_bytes((weights / "base.safetensors").read_bytes())
+    proc = export("tuned", "tuned.safetensors", "--base", str(elsewhere))
+    assert proc.returncode == 2 and "folder" in proc.stderr
+    proc = export("tuned", "tuned.safetensors", "--base", str(weights / "base.safetensors"))
+    assert proc.returncode == 0, proc.stderr
+    shared_bytes = sum(2 * p.numel() for name, p in tuned.named_parameters() if name.startswith("entropy_parameters"))
+    assert (weights / "tuned.safetensors").stat().st_size < (weights / "base.safetensors").stat().st_size - shared_bytes + 2000
+    loaded = load_model(read_info(weights / "tuned.safetensors"))
+    assert all(torch.equal(a, b.half().float()) for a, b in zip(loaded.state_dict().values(), tuned.state_dict().values()))
+    (weights / "base.safetensors").write_bytes(export_base_changed(weights / "base.safetensors"))
+    load_model.cache_clear()
+    with pytest.raises(ValueError, match="base.safetensors"):
+        load_model(read_info(weights / "tuned.safetensors"))
+
+
+def export_base_changed(path: Path) -> bytes:
+    """The bytes of weight file ``path`` with one tensor changed."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        meta = handle.metadata()
+    key = next(k for k in tensors if k.startswith("entropy_parameters"))
+    tensors[key] = tensors[key] + 1
+    return save(tensors, meta)
+
+
 DDP_SCRIPT = """
 import dataclasses, hashlib, os, sys, torch
 sys.path.insert(0, sys.argv[3])

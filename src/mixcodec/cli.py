@@ -366,8 +366,10 @@ def train_command(preset, data, out, lmbda, metric, steps, resume, init, minutes
               help="Folder of images (e.g. Kodak) to measure from real files; the mean bpp/PSNR/MS-SSIM is stored in the file.")
 @click.option("--rows", type=click.Path(path_type=Path, dir_okay=False),
               help="With --measure: also write the per-image rows as CSV (for `mixcodec eval --reuse`).")
+@click.option("--base", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Weight file in the output's folder to share identical tensors with (a model fine-tuned from it with frozen modules).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export_command(checkpoint, output, name, quality, measure, rows, force) -> None:
+def export_command(checkpoint, output, name, quality, measure, rows, base, force) -> None:
     """Write a training checkpoint as an fp16 safetensors weight file."""
     import torch
 
@@ -378,19 +380,21 @@ def export_command(checkpoint, output, name, quality, measure, rows, force) -> N
 
     if output.exists() and not force:
         raise BadInput(f"{output} exists (use --force to overwrite)")
+    if base is not None and base.resolve().parent != output.resolve().parent:
+        raise BadInput(f"--base {base} must be in the output's folder ({output.resolve().parent}): shared tensors are looked up there")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     train_cfg = state.get("train_config", {})
     meta = {"name": name, "quality": quality, "lmbda": train_cfg.get("lmbda", TrainConfig.lmbda), "metric": train_cfg.get("metric", "mse"),
             "train_steps": state.get("step", 0)}
     config = ModelConfig.from_json(state["config"])
-    info = export(state["model"], config, output, **meta)
+    info = export(state["model"], config, output, base=base, **meta)
     if measure is not None:
         measured = ev.evaluate(ev.learned_codec([info]), list_images(measure))
         if rows is not None:
             ev.write_rows(measured, rows)
         point = ev.mean_curve(measured)[name][0]
         kodak = {"bpp": point["bpp"], "psnr": point["psnr"], "ms_ssim": point["ms_ssim"], "images": point["images"], "set": measure.name}
-        info = export(state["model"], config, output, kodak=kodak, **meta)
+        info = export(state["model"], config, output, base=base, kodak=kodak, **meta)
         click.echo(f"{measure.name}: {point['bpp']:.4f} bpp, {point['psnr']:.2f} dB PSNR, MS-SSIM {point['ms_ssim']:.4f} over {point['images']} images")
     click.echo(f"wrote {info.path} (sha256 {info.sha256})")
 

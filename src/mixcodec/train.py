@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import safe_open
 from tqdm import tqdm
 
 from .losses import rate_distortion_loss
@@ -53,6 +52,9 @@ class TrainConfig:
     channels_last: bool = False
     threads: int = 0  # 0: torch default
     min_downscale: float = 1.0  # random down-scaling factor in [min_downscale, 1]
+    # parameter-name prefixes kept at their initial values (e.g. "entropy_parameters", so that
+    # the λ variants of one base model share those tensors: ``mixcodec export --base``)
+    freeze: list[str] = dataclasses.field(default_factory=list)
     checkpoint_minutes: float = 10.0
     log_every: int = 50
     seed: int = 0
@@ -154,10 +156,9 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 def initial_weights(path: Path) -> dict[str, torch.Tensor]:
     """Model weights (float32) from a training checkpoint (``.pt``) or a weight file (``.safetensors``)."""
     if path.suffix == ".safetensors":
-        from .models.registry import TABLES_PREFIX
+        from .models.registry import TABLES_PREFIX, read_tensors
 
-        with safe_open(str(path), framework="pt") as handle:
-            return {k: handle.get_tensor(k).float() for k in handle.keys() if not k.startswith(TABLES_PREFIX)}
+        return {k: v.float() for k, v in read_tensors(path).items() if not k.startswith(TABLES_PREFIX)}
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state["model"] if "model" in state else state
 
@@ -193,7 +194,10 @@ def train(
     torch.manual_seed(cfg.seed)
     model = ContextMixtureModel(cfg.model_config())
     aux_params = [model.prior.quantiles]
-    main_params = [p for n, p in model.named_parameters() if n != "prior.quantiles"]
+    frozen = tuple(cfg.freeze)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not (frozen and name.startswith(frozen)))
+    main_params = [p for n, p in model.named_parameters() if n != "prior.quantiles" and p.requires_grad]
     optimizer = torch.optim.Adam(main_params, lr=cfg.lr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
     step = 0

@@ -2,7 +2,10 @@
 
 Weights are fp16 safetensors files whose metadata hold the model config (JSON)
 and a description (name, quality, λ, metric, measured Kodak RD).  Loading never
-unpickles anything.  A file's *digest* is the SHA-256 of its bytes; ``.mxc``
+unpickles anything.  A file may *share* tensors with another weight file of the
+same folder (a model fine-tuned with some modules frozen, e.g. the λ variants of
+one base model): it then holds only its own tensors and names the other file and
+its SHA-256, which loading checks.  A file's *digest* is the SHA-256 of its bytes; ``.mxc``
 files record its first 8 bytes so a stream is never decoded with other weights.
 """
 
@@ -111,13 +114,31 @@ def find_model(name: str = DEFAULT_MODEL, quality: int | None = None, digest: by
 TABLES_PREFIX = "coding."
 
 
+#: Metadata key of a file that shares tensors: JSON ``{"file", "sha256", "tensors"}``.
+SHARES_KEY = "shares"
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a weight file, with the shared ones read from the file they live in."""
+    with safe_open(str(path), framework="pt") as handle:
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+        meta = handle.metadata() or {}
+    if SHARES_KEY in meta:
+        shares = json.loads(meta[SHARES_KEY])
+        base = Path(path).parent / shares["file"]
+        if not base.is_file() or hashlib.sha256(base.read_bytes()).hexdigest() != shares["sha256"]:
+            raise ValueError(f"{path} shares tensors with {shares['file']} (sha256 {shares['sha256'][:16]}...), which is missing or differs")
+        with safe_open(str(base), framework="pt") as handle:
+            state.update({key: handle.get_tensor(key) for key in shares["tensors"]})
+    return state
+
+
 @lru_cache(maxsize=8)
 def load_model(info: ModelInfo) -> ContextMixtureModel:
     """Build the model of ``info`` in float32, evaluation mode, with its coding tables
     (``model.prior.coding_tables``)."""
     model = ContextMixtureModel(info.config)
-    with safe_open(str(info.path), framework="pt") as handle:
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    state = read_tensors(info.path)
     tables = {k[len(TABLES_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(TABLES_PREFIX)}
     model.load_state_dict({k: v.float() for k, v in state.items()})
     if set(tables) != {"z_pmf", "z_offsets"}:
@@ -126,16 +147,25 @@ def load_model(info: ModelInfo) -> ContextMixtureModel:
     return model.eval()
 
 
-def export(state_dict: dict[str, torch.Tensor], config: ModelConfig, path: Path, **meta) -> ModelInfo:
+def export(state_dict: dict[str, torch.Tensor], config: ModelConfig, path: Path, base: Path | None = None, **meta) -> ModelInfo:
     """Write an fp16 safetensors weight file with ``config`` and ``meta`` in its metadata.
 
     ``meta`` may hold ``name``, ``quality``, ``lmbda``, ``metric`` and ``kodak`` (a dict).
+    ``base``: another weight file, to be installed in the same folder; tensors
+    bit-identical (in fp16) to its own are not written but shared with it.
     """
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state_dict.items()}
     model = ContextMixtureModel(config)
     model.load_state_dict({k: v.float() for k, v in tensors.items()})  # tables of the weights as stored
-    tensors.update({TABLES_PREFIX + k: v.contiguous() for k, v in model.prior.integer_tables().items()})
     metadata = {"config": config.to_json()}
+    if base is not None:
+        with safe_open(str(base), framework="pt") as handle:
+            shared = [k for k in tensors if k in handle.keys() and torch.equal(handle.get_tensor(k), tensors[k])]
+        for key in shared:
+            del tensors[key]
+        base_sha = hashlib.sha256(Path(base).read_bytes()).hexdigest()
+        metadata[SHARES_KEY] = json.dumps({"file": Path(base).name, "sha256": base_sha, "tensors": shared})
+    tensors.update({TABLES_PREFIX + k: v.contiguous() for k, v in model.prior.integer_tables().items()})
     for key, value in meta.items():
         metadata[key] = json.dumps(value) if isinstance(value, dict) else str(value)
     path = Path(path)
