@@ -65,7 +65,7 @@ def _pad(x: torch.Tensor) -> torch.Tensor:
 def quantize_latents(model: ContextMixtureModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ŷ, ẑ)`` of a padded image ``(1, 3, H, W)`` in ``[0, 1]``: the values a file stores."""
     with torch.no_grad():
-        y = model.analyse(x)
+        y = model.analyse(x.contiguous(memory_format=torch.channels_last))
         z = model.h_a(y)
         medians = model.prior.medians.view(1, -1, 1, 1)
         z_hat = torch.round(z - medians).clamp(LATENT_MIN, LATENT_MAX) + medians
@@ -75,7 +75,7 @@ def quantize_latents(model: ContextMixtureModel, x: torch.Tensor) -> tuple[torch
 def reconstruct(model: ContextMixtureModel, y_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
     """Synthesize ``ŷ`` and crop to ``height x width``: HxWx3 uint8."""
     with torch.no_grad():
-        x_hat = model.g_s(y_hat)[0, :, :height, :width].clamp(0, 1)
+        x_hat = model.g_s(y_hat.contiguous(memory_format=torch.channels_last))[0, :, :height, :width].clamp(0, 1)
     return (x_hat * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 

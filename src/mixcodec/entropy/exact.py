@@ -111,7 +111,7 @@ class IntegerAffine:
 
     @classmethod
     def from_weight(cls, weight: Tensor, bias: Tensor, stride: int = 1, padding: int = 0) -> "IntegerAffine":
-        weight = weight.detach().double()
+        weight = weight.detach().double().contiguous()
         bits = _weight_bits(weight)
         return cls(torch.round(weight * 2.0**bits), torch.round(bias.detach().double() * 2.0 ** (bits + ACT_BITS)), bits, stride, padding)
 

@@ -144,7 +144,9 @@ def load_model(info: ModelInfo) -> ContextMixtureModel:
     if set(tables) != {"z_pmf", "z_offsets"}:
         raise ValueError(f"{info.path} has no coding tables; re-export it")
     model.prior.coding_tables = (tables["z_pmf"].numpy().astype(np.float64) * 2.0**-32, tables["z_offsets"].numpy())
-    return model.eval()
+    # channels-last convolutions are 10-25% faster on CPU for inference (measured on N=64);
+    # training keeps NCHW (channels-last backward crashes in torch 2.13, docs/training.md)
+    return model.eval().to(memory_format=torch.channels_last)
 
 
 def export(state_dict: dict[str, torch.Tensor], config: ModelConfig, path: Path, base: Path | None = None, **meta) -> ModelInfo:
