@@ -74,6 +74,22 @@ def test_train_resume_and_export(tmp_path):
     assert tuned.config == info.config
 
 
+def test_workers_and_validation_on_real_files(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(80, 90, seed=i)).save(data / f"{i}.png")
+    cmd = [sys.executable, "-m", "mixcodec.cli", "train", "--preset", str(tmp_path / "p.toml"), "--data", str(data), "--out", str(tmp_path / "run"),
+           "--val", str(data), "--val-every", "2", "--workers", "2"]
+    (tmp_path / "p.toml").write_text(to_toml(tiny_config(steps=3, val_images=1)))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    val = (tmp_path / "run" / "val.csv").read_text().splitlines()
+    assert val[0] == "step,bpp,psnr,ms_ssim" and [line.split(",")[0] for line in val[1:]] == ["2", "3"]
+    assert all(float(line.split(",")[1]) > 0 and float(line.split(",")[2]) > 0 for line in val[1:])
+    assert "(real files)" in proc.stdout
+
+
 def test_frozen_modules_are_shared_with_the_base_weight_file(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

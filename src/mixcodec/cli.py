@@ -346,15 +346,20 @@ def sample_command(output: Path, force: bool) -> None:
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt if it exists.")
 @click.option("--init", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Start from another checkpoint's weights.")
 @click.option("--minutes", type=float, help="Stop (with a checkpoint) after this many minutes.")
-def train_command(preset, data, out, lmbda, metric, steps, resume, init, minutes) -> None:
+@click.option("--val", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="Validation images (e.g. Kodak), coded to real files every --val-every steps and at the end (OUT/val.csv).")
+@click.option("--val-every", type=int, help="Override the preset's steps between validations.")
+@click.option("--workers", type=int, help="Override the preset's number of DataLoader workers.")
+def train_command(preset, data, out, lmbda, metric, steps, resume, init, minutes, val, val_every, workers) -> None:
     """Train a model (see the presets for every hyperparameter)."""
     import dataclasses
 
     from .train import load_preset, train
 
     cfg = load_preset(preset)
-    overrides = {k: v for k, v in {"lmbda": lmbda, "metric": metric, "steps": steps}.items() if v is not None}
-    train(dataclasses.replace(cfg, **overrides), data, out, resume=resume, init=init, max_minutes=minutes)
+    overrides = {"lmbda": lmbda, "metric": metric, "steps": steps, "val_every": val_every, "workers": workers}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    train(cfg, data, out, resume=resume, init=init, max_minutes=minutes, val=val)
 
 
 @main.command("export")

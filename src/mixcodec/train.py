@@ -56,6 +56,9 @@ class TrainConfig:
     # the λ variants of one base model share those tensors: ``mixcodec export --base``)
     freeze: list[str] = dataclasses.field(default_factory=list)
     checkpoint_minutes: float = 10.0
+    val_every: int = 0  # steps between validations on real files (``train(val=...)``); 0: only at the end
+    val_images: int = 4  # images of the validation folder used (0: all)
+    workers: int = 0  # DataLoader worker processes making crops (0: in the training process)
     log_every: int = 50
     seed: int = 0
 
@@ -179,9 +182,13 @@ def _distributed_setup() -> tuple[int, int, torch.device]:
 
 
 def train(
-    cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: Path | None = None, max_minutes: float | None = None
+    cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: Path | None = None, max_minutes: float | None = None,
+    val: Path | None = None,
 ) -> ContextMixtureModel:
     """Train (or continue) a model; returns it after writing ``out/last.pt``.
+
+    ``val``: a folder of images (e.g. Kodak) coded to real files every ``cfg.val_every``
+    steps and at the end (first ``cfg.val_images``); results in ``out/val.csv``.
 
     Launched with ``torchrun --nproc_per_node K`` the same call trains with
     DistributedDataParallel (``batch`` crops per process; rank 0 logs and saves).
@@ -218,7 +225,9 @@ def train(
         # the quantiles get no gradient from the RD loss; their aux gradients are identical on all ranks
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["prior.quantiles"])
         network = torch.nn.parallel.DistributedDataParallel(model)
-    sampler = CropSampler(data, cfg.crop, cfg.min_downscale, seed=cfg.seed + 7919 * rank + step)
+    dataset = CropDataset(data, cfg.crop, cfg.min_downscale, cfg.batch, seed=cfg.seed + 7919 * rank + step)
+    batches = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers, persistent_workers=cfg.workers > 0))
+    val_images = (list_images(val)[: cfg.val_images or None] if val is not None else []) if rank == 0 else []
     log = _Log(out / "log.csv") if rank == 0 else None
     if rank == 0:
         (out / "config.toml").write_text(to_toml(cfg))
@@ -230,7 +239,7 @@ def train(
         lr = learning_rate(cfg, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x = sampler.sample(cfg.batch).to(device)
+        x = next(batches).to(device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -266,12 +275,50 @@ def train(
             }
             _atomic_save(state, ckpt_path)
             last_save = time.monotonic()
+        if val_images and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps or out_of_time):
+            result = validate(model, cfg, val_images, out, step)
+            bar.write(f"step {step}: {val.name} {result['bpp']:.4f} bpp, {result['psnr']:.2f} dB, MS-SSIM {result['ms_ssim']:.4f} (real files)")
         if out_of_time:
             break
     bar.close()
     if world > 1:
         torch.distributed.destroy_process_group()
     return model
+
+
+class CropDataset(torch.utils.data.IterableDataset):
+    """Endless batches of :class:`CropSampler` crops, for a ``DataLoader`` with workers
+    (each worker samples with its own seed; ``batch_size=None`` in the loader)."""
+
+    def __init__(self, folder: Path, crop: int, min_downscale: float, batch: int, seed: int):
+        super().__init__()
+        self.folder, self.crop, self.min_downscale, self.batch, self.seed = folder, crop, min_downscale, batch, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        sampler = CropSampler(self.folder, self.crop, self.min_downscale, seed=self.seed + 104729 * worker)
+        while True:
+            yield sampler.sample(self.batch)
+
+
+def validate(model: ContextMixtureModel, cfg: TrainConfig, images: list[Path], out: Path, step: int) -> dict[str, float]:
+    """Real-file bpp, PSNR-RGB and MS-SSIM of the current weights (exported as they would
+    be shipped, fp16) on ``images``; appended to ``out/val.csv``."""
+    from . import eval as ev
+    from .models.registry import export
+
+    info = export(model.state_dict(), model.config, out / "val.safetensors", name="val", quality=0, lmbda=cfg.lmbda, metric=cfg.metric)
+    point = ev.mean_curve(ev.evaluate(ev.learned_codec([info]), images))["val"][0]
+    result = {"step": step, "bpp": point["bpp"], "psnr": point["psnr"], "ms_ssim": point["ms_ssim"]}
+    path = out / "val.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(list(result))
+        writer.writerow([step, *(round(result[k], 5) for k in ("bpp", "psnr", "ms_ssim"))])
+    return result
 
 
 class _Log:
