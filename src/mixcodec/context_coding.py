@@ -18,8 +18,6 @@ count.  Channels of ``ŷ`` that are zero everywhere are flagged and skipped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -93,61 +91,97 @@ class EntropyPath:
         return exact.integer_params(self.spec, x)
 
 
-@dataclass
-class _Batch:
-    """PMF windows for a set of elements of one step."""
-
-    elements: np.ndarray  # indices into the step's flattened (position, active channel) grid
-    pmf: np.ndarray  # (m, W) float64
-    offsets: np.ndarray  # (m,) int64
-
-
-def _pmf_batches(spec, mixture: exact.IntegerMixture) -> list[_Batch]:
-    """Group elements by window width and tabulate their PMFs (parameters of shape (F, K, m))."""
-    centers, spreads = exact.integer_center_and_spread(mixture)
+def _half_widths(spreads: Tensor) -> Tensor:
+    """The smallest window half-width of :data:`WINDOW_HALF_WIDTHS` covering each spread."""
     half = torch.full_like(spreads, WINDOW_HALF_WIDTHS[-1])
     for h in reversed(WINDOW_HALF_WIDTHS):
         half = torch.where(spreads <= h, h, half)
-    batches = []
-    for h in WINDOW_HALF_WIDTHS:
-        idx = torch.nonzero(half == h).flatten()
-        if idx.numel() == 0:
-            continue
-        offsets = centers[idx] - h
-        pmf = exact.integer_window_pmf(spec, offsets, 2 * h + 1, mixture.select(idx))
-        batches.append(_Batch(idx.numpy(), pmf.numpy() * 2.0**-exact.PMF_BITS, offsets.numpy()))
-    return batches
+    return half
 
 
-def code_latents(
-    path: EntropyPath,
-    hyper: Tensor,
-    active: np.ndarray,
-    schedule: str,
-    code,
-) -> Tensor:
-    """Walk the schedule and code every active element of ``ŷ``.
+def _window_pmf(spec, mixture: exact.IntegerMixture, index: Tensor, centers: Tensor, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """PMF windows ``(len(index), 2h + 1)`` (probabilities) and their first values, for elements ``index``."""
+    offsets = centers[index] - h
+    pmf = exact.integer_window_pmf(spec, offsets, 2 * h + 1, mixture.select(index))
+    return pmf.numpy() * 2.0**-exact.PMF_BITS, offsets.numpy()
 
-    Args:
-        hyper: ``(2n, H, W)`` hyper features from :meth:`EntropyPath.hyper`.
-        active: sorted indices of the coded (not all-zero) channels.
-        code: ``code(rows, cols, batch) -> values`` with the step's positions: the encoder writes
-            the known values of ``batch.elements`` and returns them; the decoder
-            reads and returns them.  ``batch.elements`` indexes the step's
-            ``(position, active channel)`` grid in row-major order.
-    Returns:
-        The coded latents ``(n, H, W)`` (float64).
+
+def _active_mixture(params: exact.IntegerMixture, active: Tensor) -> exact.IntegerMixture:
+    """Parameters of the active channels, elements flattened in (position, channel) order."""
+    return exact.IntegerMixture(*(t[:, :, :, active].reshape(t.shape[0], t.shape[1], -1) for t in (params.weights, params.means, params.scales)))
+
+
+def _step_chunks(steps: list, max_positions: int) -> list[list]:
+    """Consecutive steps grouped so that a group holds at most ``max_positions`` positions (or one step)."""
+    chunks, current, size = [], [], 0
+    for step in steps:
+        if current and size + len(step[0]) > max_positions:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(step)
+        size += len(step[0])
+    return chunks + [current] if current else chunks
+
+
+#: Positions whose entropy parameters the encoder evaluates in one batch (bounds memory).
+ENCODER_CHUNK_POSITIONS = 4096
+
+
+def _encode_latents(path: EntropyPath, hyper: Tensor, y_int: Tensor, active: np.ndarray, schedule: str, encoder) -> None:
+    """Write every active element of ``ŷ`` (``(n, H, W)`` int64) in the decoder's order.
+
+    The encoder knows all of ``ŷ``, so it evaluates the entropy parameters and PMFs of
+    many steps in one batch (the integer path gives every position the same result
+    whatever the batch); only the order of the coder calls follows the schedule: per
+    step, per window width (as :func:`_decode_latents` reads them).
     """
-    n, height, width = path.n, hyper.shape[1], hyper.shape[2]
-    y_padded = torch.zeros(n, height + _K, width + 2 * _K, dtype=torch.float64)
+    height, width = hyper.shape[1], hyper.shape[2]
+    y_padded = torch.zeros(path.n, height + _K, width + 2 * _K, dtype=torch.float64)
+    y_padded[:, _K:, _K : _K + width] = y_int.double()
+    active_t = torch.from_numpy(active)
+    with torch.no_grad():
+        for chunk in _step_chunks(schedule_steps(schedule, height, width), ENCODER_CHUNK_POSITIONS):
+            rows, cols = np.concatenate([r for r, _ in chunk]), np.concatenate([c for _, c in chunk])
+            mixture = _active_mixture(path.params(y_padded, hyper, rows, cols), active_t)
+            values = y_int[active_t[None, :], torch.from_numpy(rows)[:, None], torch.from_numpy(cols)[:, None]].reshape(-1).numpy()
+            centers, spreads = exact.integer_center_and_spread(mixture)
+            half = _half_widths(spreads)
+            # element ranges of each step (elements are in step order)
+            bounds = np.cumsum([0] + [len(r) * len(active) for r, _ in chunk])
+            groups = []
+            for h in WINDOW_HALF_WIDTHS:
+                index = torch.nonzero(half == h).flatten()
+                if index.numel():
+                    pmf, offsets = _window_pmf(path.spec, mixture, index, centers, h)
+                    groups.append((index.numpy(), pmf, offsets, np.searchsorted(index.numpy(), bounds)))
+            for s in range(len(chunk)):
+                for index, pmf, offsets, cut in groups:
+                    a, b = cut[s], cut[s + 1]
+                    if b > a:
+                        coding.encode_symbols(encoder, values[index[a:b]], pmf[a:b], offsets[a:b])
+
+
+def _decode_latents(path: EntropyPath, hyper: Tensor, active: np.ndarray, schedule: str, decoder) -> Tensor:
+    """Walk the schedule and read every active element of ``ŷ``: one batch per step (the
+    positions of a step only depend on earlier steps), one coder call per window width.
+
+    Returns:
+        The latents ``(n, H, W)`` (float64).
+    """
+    height, width = hyper.shape[1], hyper.shape[2]
+    y_padded = torch.zeros(path.n, height + _K, width + 2 * _K, dtype=torch.float64)
     active_t = torch.from_numpy(active)
     with torch.no_grad():
         for rows, cols in schedule_steps(schedule, height, width):
-            params = path.params(y_padded, hyper, rows, cols)
-            flat = exact.IntegerMixture(*(t[:, :, :, active_t].reshape(t.shape[0], t.shape[1], -1) for t in (params.weights, params.means, params.scales)))
+            mixture = _active_mixture(path.params(y_padded, hyper, rows, cols), active_t)
+            centers, spreads = exact.integer_center_and_spread(mixture)
+            half = _half_widths(spreads)
             values = np.zeros(len(rows) * len(active), dtype=np.int64)
-            for batch in _pmf_batches(path.spec, flat):
-                values[batch.elements] = code(rows, cols, batch)
+            for h in WINDOW_HALF_WIDTHS:
+                index = torch.nonzero(half == h).flatten()
+                if index.numel():
+                    pmf, offsets = _window_pmf(path.spec, mixture, index, centers, h)
+                    values[index.numpy()] = coding.decode_symbols(decoder, pmf, offsets)
             grid = torch.from_numpy(values).double().reshape(len(rows), len(active))
             y_padded[active_t[None, :], torch.from_numpy(rows + _K)[:, None], torch.from_numpy(cols + _K)[:, None]] = grid
     return y_padded[:, _K:, _K : _K + width]
@@ -164,14 +198,7 @@ def encode(model: ContextMixtureModel, y_hat: Tensor, z_hat: Tensor, schedule: s
     active = np.flatnonzero(y_int.abs().flatten(1).amax(1).numpy() != 0)
     path = EntropyPath(model)
     encoder = coding.new_encoder()
-
-    def write(rows: np.ndarray, cols: np.ndarray, batch: _Batch) -> np.ndarray:
-        pos, ch = np.divmod(batch.elements, len(active))
-        values = y_int[active[ch], rows[pos], cols[pos]].numpy()
-        coding.encode_symbols(encoder, values, batch.pmf, batch.offsets)
-        return values
-
-    code_latents(path, path.hyper(z_hat), active, schedule, write)
+    _encode_latents(path, path.hyper(z_hat), y_int, active, schedule, encoder)
     return z_stream, coding.finish(encoder), active
 
 
@@ -181,12 +208,7 @@ def decode(
     """Inverse of :func:`encode`: ``ŷ`` ``(1, n, H, W)`` float32 for latent size ``(H, W)``."""
     z_hat = decode_z(model, z_stream, (latent_size[0] // 4, latent_size[1] // 4))
     path = EntropyPath(model)
-    decoder = coding.new_decoder(y_stream)
-
-    def read(rows: np.ndarray, cols: np.ndarray, batch: _Batch) -> np.ndarray:
-        return coding.decode_symbols(decoder, batch.pmf, batch.offsets)
-
-    y_hat = code_latents(path, path.hyper(z_hat), active, schedule, read)
+    y_hat = _decode_latents(path, path.hyper(z_hat), active, schedule, coding.new_decoder(y_stream))
     return y_hat.float()[None]
 
 
