@@ -1,0 +1,103 @@
+"""Where encode and decode time goes, per stage, for one model on a few images.
+
+    python benchmarks/time_breakdown.py ../shared/data/kodak [--limit 2] [--threads 1] [--model gllmm]
+
+Runs compress/decompress under cProfile and reports the cumulative seconds of each
+stage (mean per image): the transforms (analysis / synthesis), the hyperprior
+(z coding and the integer hyper-synthesis), the entropy-parameter network (context
+taps + 1x1 layers, integer arithmetic), the PMF tables, and the range coder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import time
+from pathlib import Path
+
+#: stage -> (module file suffix, function name) whose cumulative time it is
+STAGES = {
+    "encode": {
+        "analysis": ("codec.py", "quantize_latents"),
+        "hyper (z coding + integer h_s)": [("context_coding.py", "encode_z"), ("context_coding.py", "hyper")],
+        "entropy parameters": ("context_coding.py", "params"),
+        "PMF tables": [("context_coding.py", "_window_pmf"), ("exact.py", "integer_center_and_spread")],
+        "range coder": ("coding.py", "encode_symbols"),
+    },
+    "decode": {
+        "synthesis": ("codec.py", "reconstruct"),
+        "hyper (z coding + integer h_s)": [("context_coding.py", "decode_z"), ("context_coding.py", "hyper")],
+        "entropy parameters": ("context_coding.py", "params"),
+        "PMF tables": [("context_coding.py", "_window_pmf"), ("exact.py", "integer_center_and_spread")],
+        "range coder": ("coding.py", "decode_symbols"),
+    },
+}
+
+
+def cumulative(stats: pstats.Stats, targets) -> float:
+    targets = targets if isinstance(targets, list) else [targets]
+    total = 0.0
+    for (filename, _, name), (_, _, _, cum, _) in stats.stats.items():
+        if any(filename.endswith(f) and name == n for f, n in targets):
+            total += cum
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("--limit", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="gllmm")
+    parser.add_argument("--quality", type=int)
+    parser.add_argument("-o", "--output", type=Path, default=Path("time_breakdown.json"))
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mixcodec import codec
+    from mixcodec.eval import environment
+    from mixcodec.models.registry import find_model, load_model
+    from mixcodec.train import list_images
+
+    torch.set_num_threads(args.threads)
+    info = find_model(args.model, args.quality)
+    load_model(info)
+    images = list_images(args.dataset)[: args.limit]
+    codec.decompress(codec.compress(np.asarray(Image.open(images[0]).convert("RGB"))[:64, :64].copy(), model=info), model=info)  # warm-up
+    report = {}
+    for kind in ("encode", "decode"):
+        sums = dict.fromkeys(STAGES[kind], 0.0)
+        wall = 0.0
+        for path in images:
+            array = np.asarray(Image.open(path).convert("RGB"))
+            data = codec.compress(array, model=info)
+            profiler = cProfile.Profile()
+            start = time.perf_counter()
+            profiler.enable()
+            codec.compress(array, model=info) if kind == "encode" else codec.decompress(data, model=info)
+            profiler.disable()
+            wall += time.perf_counter() - start
+            stats = pstats.Stats(profiler)
+            for stage, targets in STAGES[kind].items():
+                sums[stage] += cumulative(stats, targets)
+        n = len(images)
+        report[kind] = {"total_s": wall / n, **{k: v / n for k, v in sums.items()}}
+        report[kind]["other_s"] = report[kind]["total_s"] - sum(v / n for v in sums.values())
+    print(f"{info.name} q{info.quality} (N={info.config.n}), {len(images)} images, {args.threads} thread(s); seconds per image (under cProfile)")
+    for kind, stages in report.items():
+        print(f"{kind}: {stages['total_s']:.2f} s")
+        for stage, seconds in stages.items():
+            if stage != "total_s":
+                print(f"  {stage:<32}{seconds:6.2f} s  {100 * seconds / stages['total_s']:5.1f}%")
+    args.output.write_text(json.dumps({"environment": environment(), "model": f"{info.name}:{info.quality}", "threads": args.threads,
+                                       "images": [str(p) for p in images], "breakdown": report}, indent=1))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
