@@ -23,14 +23,14 @@ STAGES = {
         "analysis": ("codec.py", "quantize_latents"),
         "hyper (z coding + integer h_s)": [("context_coding.py", "encode_z"), ("context_coding.py", "hyper")],
         "entropy parameters": ("context_coding.py", "params"),
-        "PMF tables": [("context_coding.py", "_window_pmf"), ("exact.py", "integer_center_and_spread")],
+        "PMF tables": ("context_coding.py", "_pmf_groups"),
         "range coder": ("coding.py", "encode_symbols"),
     },
     "decode": {
         "synthesis": ("codec.py", "reconstruct"),
         "hyper (z coding + integer h_s)": [("context_coding.py", "decode_z"), ("context_coding.py", "hyper")],
         "entropy parameters": ("context_coding.py", "params"),
-        "PMF tables": [("context_coding.py", "_window_pmf"), ("exact.py", "integer_center_and_spread")],
+        "PMF tables": ("context_coding.py", "_pmf_groups"),
         "range coder": ("coding.py", "decode_symbols"),
     },
 }

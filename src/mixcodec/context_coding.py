@@ -91,19 +91,26 @@ class EntropyPath:
         return exact.integer_params(self.spec, x)
 
 
-def _half_widths(spreads: Tensor) -> Tensor:
-    """The smallest window half-width of :data:`WINDOW_HALF_WIDTHS` covering each spread."""
+def _pmf_groups(spec, mixture: exact.IntegerMixture) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """PMF windows of the elements of ``mixture`` (parameters ``(F, K, m)``), grouped by width.
+
+    Each element gets the smallest half-width of :data:`WINDOW_HALF_WIDTHS` covering its
+    spread.  Returns, per width in that order, ``(elements, pmf, offsets)``: the sorted
+    element indices, their probabilities ``(len, 2h + 1)`` and the first value of each
+    window.  One coder call per group, in this order, is the file format.
+    """
+    centers, spreads = exact.integer_center_and_spread(mixture)
     half = torch.full_like(spreads, WINDOW_HALF_WIDTHS[-1])
     for h in reversed(WINDOW_HALF_WIDTHS):
         half = torch.where(spreads <= h, h, half)
-    return half
-
-
-def _window_pmf(spec, mixture: exact.IntegerMixture, index: Tensor, centers: Tensor, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """PMF windows ``(len(index), 2h + 1)`` (probabilities) and their first values, for elements ``index``."""
-    offsets = centers[index] - h
-    pmf = exact.integer_window_pmf(spec, offsets, 2 * h + 1, mixture.select(index))
-    return pmf.numpy() * 2.0**-exact.PMF_BITS, offsets.numpy()
+    groups = []
+    for h in WINDOW_HALF_WIDTHS:
+        index = torch.nonzero(half == h).flatten()
+        if index.numel():
+            offsets = centers[index] - h
+            pmf = exact.integer_window_pmf(spec, offsets, 2 * h + 1, mixture.select(index))
+            groups.append((index.numpy(), pmf.numpy() * 2.0**-exact.PMF_BITS, offsets.numpy()))
+    return groups
 
 
 def _active_mixture(params: exact.IntegerMixture, active: Tensor) -> exact.IntegerMixture:
@@ -144,18 +151,12 @@ def _encode_latents(path: EntropyPath, hyper: Tensor, y_int: Tensor, active: np.
             rows, cols = np.concatenate([r for r, _ in chunk]), np.concatenate([c for _, c in chunk])
             mixture = _active_mixture(path.params(y_padded, hyper, rows, cols), active_t)
             values = y_int[active_t[None, :], torch.from_numpy(rows)[:, None], torch.from_numpy(cols)[:, None]].reshape(-1).numpy()
-            centers, spreads = exact.integer_center_and_spread(mixture)
-            half = _half_widths(spreads)
-            # element ranges of each step (elements are in step order)
+            groups = _pmf_groups(path.spec, mixture)
+            # each step's elements are a contiguous range (elements are in step order)
             bounds = np.cumsum([0] + [len(r) * len(active) for r, _ in chunk])
-            groups = []
-            for h in WINDOW_HALF_WIDTHS:
-                index = torch.nonzero(half == h).flatten()
-                if index.numel():
-                    pmf, offsets = _window_pmf(path.spec, mixture, index, centers, h)
-                    groups.append((index.numpy(), pmf, offsets, np.searchsorted(index.numpy(), bounds)))
+            cuts = [np.searchsorted(index, bounds) for index, _, _ in groups]
             for s in range(len(chunk)):
-                for index, pmf, offsets, cut in groups:
+                for (index, pmf, offsets), cut in zip(groups, cuts):
                     a, b = cut[s], cut[s + 1]
                     if b > a:
                         coding.encode_symbols(encoder, values[index[a:b]], pmf[a:b], offsets[a:b])
@@ -174,14 +175,9 @@ def _decode_latents(path: EntropyPath, hyper: Tensor, active: np.ndarray, schedu
     with torch.no_grad():
         for rows, cols in schedule_steps(schedule, height, width):
             mixture = _active_mixture(path.params(y_padded, hyper, rows, cols), active_t)
-            centers, spreads = exact.integer_center_and_spread(mixture)
-            half = _half_widths(spreads)
             values = np.zeros(len(rows) * len(active), dtype=np.int64)
-            for h in WINDOW_HALF_WIDTHS:
-                index = torch.nonzero(half == h).flatten()
-                if index.numel():
-                    pmf, offsets = _window_pmf(path.spec, mixture, index, centers, h)
-                    values[index.numpy()] = coding.decode_symbols(decoder, pmf, offsets)
+            for index, pmf, offsets in _pmf_groups(path.spec, mixture):
+                values[index] = coding.decode_symbols(decoder, pmf, offsets)
             grid = torch.from_numpy(values).double().reshape(len(rows), len(active))
             y_padded[active_t[None, :], torch.from_numpy(rows + _K)[:, None], torch.from_numpy(cols + _K)[:, None]] = grid
     return y_padded[:, _K:, _K : _K + width]
