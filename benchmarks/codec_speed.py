@@ -1,11 +1,14 @@
 """Encode/decode speed and peak memory per image, for each shipped model, at 1 and 2 threads.
 
     python benchmarks/codec_speed.py ../shared/data/kodak [--limit 4] [--repeats 3] [-o speed.json]
+        [--compressai-python ../venvs/cai/bin/python]
 
 Each (codec, thread count) runs in a fresh process so peak memory (max RSS) is its
-own.  When ``compressai`` is importable, its ``cheng2020-attn`` (random weights:
-speed does not depend on training, and no download is possible here) at the same
-N runs on the same images in the same run, and the table shows our/their ratio.
+own.  When ``compressai`` is importable (by this Python, or by the one given with
+``--compressai-python``, e.g. a virtual environment with a torch that torchvision
+supports), its ``Cheng2020Attention`` (random weights: speed does not depend on
+training, and no download is possible here) at the same N runs on the same images
+in the same run, and the table shows our/their ratio.
 Prints a table and writes JSON with the machine and versions.
 """
 
@@ -87,6 +90,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("-o", "--output", type=Path, default=Path("speed.json"))
+    parser.add_argument("--compressai-python", default=sys.executable, help="Python interpreter that can import compressai")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "MODEL", "THREADS"), help=argparse.SUPPRESS)
     parser.add_argument("--images", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -101,16 +105,15 @@ def main() -> None:
 
     images = [str(p) for p in list_images(args.dataset)[: args.limit]]
     jobs = [("mixcodec", f"{i.name}:{i.quality}") for i in installed_models()]
-    try:
-        import compressai  # noqa: F401
-
+    if subprocess.run([args.compressai_python, "-c", "import compressai"], capture_output=True).returncode == 0:
         jobs += [("compressai", str(n)) for n in sorted({i.config.n for i in installed_models()})]
-    except ImportError:
-        print("compressai is not installed: no side-by-side comparison (pip install compressai)")
+    else:
+        print(f"{args.compressai_python} cannot import compressai: no side-by-side comparison (see the README)")
     results = []
     for kind, model in jobs:
         for threads in map(int, args.threads.split(",")):
-            cmd = [sys.executable, __file__, str(args.dataset), "--repeats", str(args.repeats), "--worker", kind, model, str(threads), "--images", *images]
+            python = args.compressai_python if kind == "compressai" else sys.executable
+            cmd = [python, "-W", "ignore", __file__, str(args.dataset), "--repeats", str(args.repeats), "--worker", kind, model, str(threads), "--images", *images]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = results[-1]
@@ -121,7 +124,9 @@ def main() -> None:
         if r["codec"] == "mixcodec" and ref:
             print(f"{r['model']} vs compressai cheng2020-attn N={r['n']}, {r['threads']} threads: "
                   f"decode {ref['decode_s'] / r['decode_s']:.1f}x faster, encode {ref['encode_s'] / r['encode_s']:.1f}x faster")
-    args.output.write_text(json.dumps({"environment": environment(), "images": images, "results": results}, indent=1))
+    theirs_versions = subprocess.run([args.compressai_python, "-c", "import compressai, torch; print(compressai.__version__, torch.__version__)"],
+                                     capture_output=True, text=True).stdout.strip()
+    args.output.write_text(json.dumps({"environment": environment(), "compressai_torch_versions": theirs_versions, "images": images, "results": results}, indent=1))
     print(f"wrote {args.output}")
 
 
