@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("-o", "--output", type=Path, default=Path("speed.json"))
+    parser.add_argument("--models", help="comma-separated NAME:QUALITY of installed models (default: all)")
     parser.add_argument("--compressai-python", default=sys.executable, help="Python interpreter that can import compressai")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "MODEL", "THREADS"), help=argparse.SUPPRESS)
     parser.add_argument("--images", nargs="*", help=argparse.SUPPRESS)
@@ -105,6 +106,8 @@ def main() -> None:
 
     images = [str(p) for p in list_images(args.dataset)[: args.limit]]
     jobs = [("mixcodec", f"{i.name}:{i.quality}") for i in installed_models()]
+    if args.models:
+        jobs = [job for job in jobs if job[1] in args.models.split(",")]
     if subprocess.run([args.compressai_python, "-c", "import compressai"], capture_output=True).returncode == 0:
         jobs += [("compressai", str(n)) for n in sorted({i.config.n for i in installed_models()})]
     else:

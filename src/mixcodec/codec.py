@@ -9,6 +9,8 @@ dropped when fully opaque and refused otherwise (flatten it first).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,6 +64,12 @@ def _pad(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@lru_cache(maxsize=8)
+def _entropy_path(info: ModelInfo) -> context_coding.EntropyPath:
+    """The integer entropy-parameter path of an installed model (weight files do not change)."""
+    return context_coding.EntropyPath(load_model(info))
+
+
 def quantize_latents(model: ContextMixtureModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ŷ, ẑ)`` of a padded image ``(1, 3, H, W)`` in ``[0, 1]``: the values a file stores."""
     with torch.no_grad():
@@ -95,7 +103,7 @@ def compress(
     net = load_model(info)
     x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
     y_hat, z_hat = quantize_latents(net, _pad(x))
-    z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule)
+    z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule, _entropy_path(info))
     header = bitstream.Header(
         model=info.name, quality=info.quality, digest=info.digest, height=array.shape[0], width=array.shape[1],
         mode=mode, schedule=schedule, active=active, channels=info.config.n,
@@ -112,7 +120,7 @@ def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstre
     net = load_model(info)
     padded = (header.height + (-header.height % PAD_MULTIPLE), header.width + (-header.width % PAD_MULTIPLE))
     latent_size = (padded[0] // 16, padded[1] // 16)
-    y_hat = context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule)
+    y_hat = context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, _entropy_path(info))
     return header, net, y_hat
 
 
