@@ -125,3 +125,12 @@ def test_several_files_to_an_output_folder(installed_tiny, tmp_path):
     proc = mixcodec("compress", *(tmp_path / f"{i}.png" for i in range(3)), "--out-dir", tmp_path / "out", "--model", "tiny", env_models=models)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.mxc", "1.mxc", "2.mxc"]
+
+
+def test_models_lists_each_installed_model_with_its_numbers(tiny_ladder):
+    proc = mixcodec("models")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("ladder")]
+    assert [r[:3] for r in rows] == [["ladder", "1", "8"], ["ladder", "2", "16"]]
+    assert all(r[5:8] == ["-", "-", "-"] for r in rows)  # not measured
+    assert all(float(r[8]) > 0 and len(r[9]) == 16 for r in rows)  # MB, sha256 prefix
