@@ -4,8 +4,9 @@ Weights are fp16 safetensors files whose metadata hold the model config (JSON)
 and a description (name, quality, λ, metric, measured Kodak RD).  Loading never
 unpickles anything.  A file may *share* tensors with another weight file of the
 same folder (a model fine-tuned with some modules frozen, e.g. the λ variants of
-one base model): it then holds only its own tensors and names the other file and
-its SHA-256, which loading checks.  A file's *digest* is the SHA-256 of its bytes; ``.mxc``
+one base model): it then holds only its own tensors and names the other file, the
+shared tensors and their SHA-256, which loading checks (the other file's own
+tensors may change: a retrained base model keeps its variants valid).  A file's *digest* is the SHA-256 of its bytes; ``.mxc``
 files record its first 8 bytes so a stream is never decoded with other weights.
 """
 
@@ -114,8 +115,18 @@ def find_model(name: str = DEFAULT_MODEL, quality: int | None = None, digest: by
 TABLES_PREFIX = "coding."
 
 
-#: Metadata key of a file that shares tensors: JSON ``{"file", "sha256", "tensors"}``.
+#: Metadata key of a file that shares tensors: JSON ``{"file", "tensors", "sha256"}`` (digest of those tensors).
 SHARES_KEY = "shares"
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -126,10 +137,13 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if SHARES_KEY in meta:
         shares = json.loads(meta[SHARES_KEY])
         base = Path(path).parent / shares["file"]
-        if not base.is_file() or hashlib.sha256(base.read_bytes()).hexdigest() != shares["sha256"]:
-            raise ValueError(f"{path} shares tensors with {shares['file']} (sha256 {shares['sha256'][:16]}...), which is missing or differs")
-        with safe_open(str(base), framework="pt") as handle:
-            state.update({key: handle.get_tensor(key) for key in shares["tensors"]})
+        shared = {}
+        if base.is_file():
+            with safe_open(str(base), framework="pt") as handle:
+                shared = {key: handle.get_tensor(key) for key in shares["tensors"] if key in handle.keys()}
+        if len(shared) != len(shares["tensors"]) or tensors_digest(shared) != shares["sha256"]:
+            raise ValueError(f"{path} shares tensors with {shares['file']}, which is missing or holds other values for them")
+        state.update(shared)
     return state
 
 
@@ -163,10 +177,8 @@ def export(state_dict: dict[str, torch.Tensor], config: ModelConfig, path: Path,
     if base is not None:
         with safe_open(str(base), framework="pt") as handle:
             shared = [k for k in tensors if k in handle.keys() and torch.equal(handle.get_tensor(k), tensors[k])]
-        for key in shared:
-            del tensors[key]
-        base_sha = hashlib.sha256(Path(base).read_bytes()).hexdigest()
-        metadata[SHARES_KEY] = json.dumps({"file": Path(base).name, "sha256": base_sha, "tensors": shared})
+        digest = tensors_digest({key: tensors.pop(key) for key in shared})
+        metadata[SHARES_KEY] = json.dumps({"file": Path(base).name, "tensors": shared, "sha256": digest})
     tensors.update({TABLES_PREFIX + k: v.contiguous() for k, v in model.prior.integer_tables().items()})
     for key, value in meta.items():
         metadata[key] = json.dumps(value) if isinstance(value, dict) else str(value)
