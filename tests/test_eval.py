@@ -37,8 +37,11 @@ def test_eval_writes_csv_json_and_plot(tmp_path, installed_tiny):
     for i in range(2):
         Image.fromarray(smooth_image(170, 180, seed=i)).save(data / f"{i}.png")
     env = {**os.environ, "MIXCODEC_MODELS": str(installed_tiny.path.parent)}
+    reference = tmp_path / "published.csv"
+    reference.write_text("codec,source,bpp,psnr_rgb_db,ms_ssim\n" + "".join(f"paper,x,{r},{p},\n" for r, p in zip(RATES, PSNRS)))
     proc = subprocess.run(
-        [sys.executable, "-m", "mixcodec.cli", "eval", str(data), "--models", "tiny", "--codecs", "jpeg,webp", "--visual", "1.png", "-o", str(tmp_path / "out")],
+        [sys.executable, "-m", "mixcodec.cli", "eval", str(data), "--models", "tiny", "--codecs", "jpeg,webp", "--visual", "1.png",
+         "--reference", str(reference), "-o", str(tmp_path / "out")],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
@@ -47,6 +50,9 @@ def test_eval_writes_csv_json_and_plot(tmp_path, installed_tiny):
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(result["curves"]) == {"tiny", "jpeg", "webp"}
     assert result["bd_rate"]["jpeg"]["jpeg"]["psnr"] == pytest.approx(0.0, abs=1e-9)
+    assert result["bd_rate"]["published:paper"]["published:paper"]["psnr"] == pytest.approx(0.0, abs=1e-9)
+    assert set(result["bd_rate"]["tiny"]) == {"tiny", "jpeg", "webp", "published:paper"}
+    assert "tiny vs paper:" in proc.stdout
     assert result["environment"]["torch"]
     for plot in ("rd.png", "visual-1.png"):
         assert (tmp_path / "out" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -256,8 +256,8 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
     with tqdm(total=len(wanted) - len(rows), unit="file", file=sys.stderr) as bar:
         for candidate in under_test:
             rows += ev.evaluate(candidate, images, progress=lambda: bar.update(1), done=rows)
-    result = ev.write_results(rows, out)
     published = ev.read_reference(reference) if reference else None
+    result = ev.write_results(rows, out, published)
     ev.plot_rd(result["curves"], out / "rd.png", published)
     for name, points in result["curves"].items():
         click.echo(f"{name}:")
@@ -268,6 +268,12 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
     click.echo(" " * 14 + "".join(f"{n[:12]:>13}" for n in names))
     for n in names:
         click.echo(f"{n[:13]:<14}" + "".join(f"{result['bd_rate'][n][a]['psnr']:>13.1f}" for a in names))
+    if published:
+        click.echo("BD-rate % vs published curves (PSNR / MS-SSIM dB; nan: too few points or no overlap):")
+        for n in [c.name for c in learned]:
+            for anchor in published:
+                bd = result["bd_rate"][n][ev.PUBLISHED_PREFIX + anchor]
+                click.echo(f"  {n} vs {anchor}: {bd['psnr']:.1f} / {bd['ms_ssim_db']:.1f}")
     for name in visual:
         if not learned:
             raise BadInput("--visual needs a model")

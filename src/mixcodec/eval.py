@@ -270,12 +270,21 @@ def read_rows(path: Path) -> list[Row]:
         return [Row(**{k: cast[types[k]](v) for k, v in record.items()}) for record in csv.DictReader(handle)]
 
 
-def write_results(rows: list[Row], out: Path) -> dict:
-    """Write ``rows.csv`` and ``results.json`` (curves, BD-rates, environment) to ``out``."""
+#: Prefix of published curves (:func:`read_reference`) among the curves of a result.
+PUBLISHED_PREFIX = "published:"
+
+
+def write_results(rows: list[Row], out: Path, published: dict[str, list[dict]] | None = None) -> dict:
+    """Write ``rows.csv`` and ``results.json`` (curves, BD-rates, environment) to ``out``.
+
+    ``published`` curves (from :func:`read_reference`) take part in the BD-rate table
+    under the name ``published:<codec>``.
+    """
     out.mkdir(parents=True, exist_ok=True)
     write_rows(rows, out / "rows.csv")
     curves = mean_curve(rows)
-    result = {"environment": environment(), "curves": curves, "bd_rate": bd_table(curves)}
+    everything = {**curves, **{PUBLISHED_PREFIX + k: v for k, v in (published or {}).items()}}
+    result = {"environment": environment(), "curves": curves, "bd_rate": bd_table(everything)}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     return result
 
