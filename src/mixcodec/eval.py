@@ -381,5 +381,5 @@ def visual_comparison(path: Path, ours: CodecUnderTest, quality: float, out: Pat
         ax.set_title(caption, fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
