@@ -18,19 +18,21 @@ import time
 from pathlib import Path
 
 #: stage -> (module file suffix, function name) whose cumulative time it is
+_ENTROPY_STAGES = {
+    "entropy parameters": ("context_coding.py", "params"),
+    "PMF tables": ("context_coding.py", "_pmf_groups"),
+}
 STAGES = {
     "encode": {
         "analysis": ("codec.py", "quantize_latents"),
         "hyper (z coding + integer h_s)": [("context_coding.py", "encode_z"), ("context_coding.py", "hyper")],
-        "entropy parameters": ("context_coding.py", "params"),
-        "PMF tables": ("context_coding.py", "_pmf_groups"),
+        **_ENTROPY_STAGES,
         "range coder": ("coding.py", "encode_symbols"),
     },
     "decode": {
         "synthesis": ("codec.py", "reconstruct"),
         "hyper (z coding + integer h_s)": [("context_coding.py", "decode_z"), ("context_coding.py", "hyper")],
-        "entropy parameters": ("context_coding.py", "params"),
-        "PMF tables": ("context_coding.py", "_pmf_groups"),
+        **_ENTROPY_STAGES,
         "range coder": ("coding.py", "decode_symbols"),
     },
 }
