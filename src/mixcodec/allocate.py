@@ -59,7 +59,7 @@ def solve(costs: list[list[int]], scores: list[list[float]], budget: int) -> lis
     if len(costs) * (capacity + 1) > MAX_TABLE_CELLS:
         raise MemoryError(f"allocation table of {len(costs)} x {capacity + 1} cells is too large")
     best = np.zeros(capacity + 1)  # best[b]: max score of the images so far using at most b units
-    choices = np.zeros((len(costs), capacity + 1), dtype=np.int32)
+    choices = np.zeros((len(costs), capacity + 1), dtype=np.uint8 if max(map(len, costs)) <= 256 else np.int32)
     for i, (row, score_row) in enumerate(zip(extra, scores)):
         new = np.full(capacity + 1, -np.inf)
         for j, (c, s) in enumerate(zip(row, score_row)):
