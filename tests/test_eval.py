@@ -96,6 +96,10 @@ def test_reuse_takes_earlier_rows_instead_of_coding_again(tmp_path):
     both, _ = run("--codecs", "jpeg,webp", "--reuse", str(first / "rows.csv"))
     assert len(jpeg) == 11 and len(both) == 2 * 2 * 11
     reused = [r for r in both if r.codec == "jpeg" and r.image == "0.png"]
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    proc = subprocess.run([sys.executable, "-m", "mixcodec.cli", "eval", str(data), "--models", "", "--codecs", "jpeg", "--reuse", str(tmp_path / "other.csv"),
+                           "-o", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "not a rows file" in proc.stderr and "Traceback" not in proc.stderr
     same = [(r.quality, r.bytes, r.encode_s, r.decode_s) for r in reused]
     assert same == [(r.quality, r.bytes, r.encode_s, r.decode_s) for r in jpeg]  # same timings: taken from the file
 

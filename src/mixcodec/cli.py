@@ -252,7 +252,10 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
             continue
         under_test.append(available[name]())
     wanted = {(c.name, float(q), p.name) for c in under_test for q in c.qualities for p in images}
-    rows = [r for path in reuse for r in ev.read_rows(path) if (r.codec, r.quality, r.image) in wanted]
+    try:
+        rows = [r for path in reuse for r in ev.read_rows(path) if (r.codec, r.quality, r.image) in wanted]
+    except (OSError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
     with tqdm(total=len(wanted) - len(rows), unit="file", file=sys.stderr) as bar:
         for candidate in under_test:
             rows += ev.evaluate(candidate, images, progress=lambda: bar.update(1), done=rows)

@@ -263,11 +263,18 @@ def write_rows(rows: list[Row], path: Path) -> None:
 
 
 def read_rows(path: Path) -> list[Row]:
-    """Rows written by :func:`write_rows`."""
+    """Rows written by :func:`write_rows`.
+
+    Raises:
+        ValueError: the file does not have exactly the columns of :class:`Row`, or a value does not parse.
+    """
     types = {f.name: f.type for f in fields(Row)}
     cast = {"str": str, "int": int, "float": float}
     with Path(path).open(newline="") as handle:
-        return [Row(**{k: cast[types[k]](v) for k, v in record.items()}) for record in csv.DictReader(handle)]
+        reader = csv.DictReader(handle)
+        if set(reader.fieldnames or ()) != set(types):
+            raise ValueError(f"{path} is not a rows file of `mixcodec eval` (columns: {', '.join(types)})")
+        return [Row(**{k: cast[types[k]](v) for k, v in record.items()}) for record in reader]
 
 
 #: Prefix of published curves (:func:`read_reference`) among the curves of a result.
