@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from mixcodec.entropy import exact
-from mixcodec.entropy.distributions import ENTROPY_FAMILIES, LATENT_MAX, LATENT_MIN, mixture_likelihood, split_params
+from mixcodec.entropy.distributions import ENTROPY_FAMILIES, LATENT_MAX, LATENT_MIN, SCALE_MIN, mixture_likelihood, param_blocks, split_params
 from mixcodec.models.registry import load_model
 
 
@@ -25,12 +25,11 @@ def test_integer_pmf_matches_the_float_mixture():
         raw[:, -spec.params_per_channel :] += torch.linspace(-3, 3, 200)[:, None]
         fixed = exact.to_fixed(raw)
         reference = split_params(spec, fixed.double() * 2.0**-exact.ACT_BITS)  # (F, K, 200, 1)
-        mixture = exact.integer_params(spec, fixed)
+        mixture = exact.integer_params(spec, fixed)  # (F, K, 200)
         values = torch.arange(-40, 41)
         expected = mixture_likelihood(spec, values.double()[:, None, None], type(reference)(*(t[:, :, None] for t in (reference.weights, reference.means, reference.scales))))
-        flat = exact.IntegerMixture(*(t[..., 0] for t in (mixture.weights, mixture.means, mixture.scales)))  # (F, K, 200)
-        got = exact.integer_window_pmf(spec, torch.full((200,), -40), values.numel(), flat.select(torch.arange(200)))
-        got = (got * 2.0**-exact.PMF_BITS).T[:, :, None]  # (81, 200, 1) like expected
+        got = exact.integer_window_pmf(spec, np.full(200, -40), values.numel(), mixture)
+        got = torch.from_numpy(got * 2.0**-exact.PMF_BITS).T[:, :, None]  # (81, 200, 1) like expected
         assert torch.isfinite(got).all() and (got >= 0).all()
         # bits under the integer PMF vs the float PMF, weighted by the float PMF
         cost = (expected * (torch.log2(expected) - torch.log2(got.clamp_min(1e-12)))).sum(0)
@@ -40,12 +39,12 @@ def test_integer_pmf_matches_the_float_mixture():
 def test_edge_bins_are_open():
     spec = ENTROPY_FAMILIES["gaussian"]
     mixture = exact.IntegerMixture(
-        torch.tensor([[[[1 << exact.MIX_BITS]]]]), torch.tensor([[[[-300 << exact.ACT_BITS]]]]), torch.tensor([[[[1 << exact.SCALE_BITS]]]])
-    )  # (F, K, m, 1)
-    low = exact.integer_window_pmf(spec, torch.tensor([LATENT_MIN - 2]), 4, mixture)[0]
+        np.array([[[1 << exact.MIX_BITS]]]), np.array([[[-300 << exact.ACT_BITS]]]), np.array([[[1 << exact.SCALE_BITS]]])
+    )  # (F, K, m)
+    low = exact.integer_window_pmf(spec, np.array([LATENT_MIN - 2]), 4, mixture)[0]
     assert low.tolist() == [0, 0, 1 << exact.PMF_BITS, 0]  # nothing below the range; the lowest bin holds all the mass
-    far = exact.IntegerMixture(mixture.weights, torch.tensor([[[[300 << exact.ACT_BITS]]]]), mixture.scales)
-    high = exact.integer_window_pmf(spec, torch.tensor([LATENT_MAX - 1]), 3, far)[0]
+    far = exact.IntegerMixture(mixture.weights, np.array([[[300 << exact.ACT_BITS]]]), mixture.scales)
+    high = exact.integer_window_pmf(spec, np.array([LATENT_MAX - 1]), 3, far)[0]
     assert high.tolist() == [0, 1 << exact.PMF_BITS, 0]
 
 
@@ -84,16 +83,70 @@ def reference_window_pmf(spec, lowest: torch.Tensor, width: int, mixture) -> tor
     return total
 
 
+def reference_integer_params(spec, raw: torch.Tensor) -> exact.IntegerMixture:
+    """The arithmetic of :func:`exact.integer_params` (all channels) written as torch tensor
+    operations (the implementation before it was compiled with numba)."""
+
+    def softmax(logits, dim):
+        gap = (logits.amax(dim, keepdim=True) - logits).clamp_(max=exact.EXP_RANGE << exact.GRID_BITS)
+        e = exact.tables()["exp"][gap]
+        return torch.div(e << exact.MIX_BITS, e.sum(dim, keepdim=True), rounding_mode="floor")
+
+    logits, means, raw_scales, family_logits = (None if t is None else t.to(torch.int64) for t in param_blocks(spec, raw))
+    weights = softmax(logits, dim=1)
+    if family_logits is not None:
+        weights = (weights * softmax(family_logits, dim=0).unsqueeze(1)) >> exact.MIX_BITS
+    limit = exact.SOFTPLUS_RANGE << exact.GRID_BITS
+    softplus = exact.tables()["softplus"][raw_scales.clamp(-limit, limit) + limit]
+    scales = torch.where(raw_scales > limit, raw_scales << (exact.SCALE_BITS - exact.ACT_BITS), softplus)
+    scales = scales.clamp_(min=round(SCALE_MIN * 2**exact.SCALE_BITS))
+    flat = (weights, means.clamp(-(1 << 19), 1 << 19), scales)  # (F, K, m, C) -> (F, K, m * C)
+    return exact.IntegerMixture(*(t.reshape(t.shape[0], t.shape[1], -1) for t in flat))
+
+
+def test_compiled_params_are_bit_identical_to_tensor_arithmetic():
+    g = torch.Generator().manual_seed(2)
+    for spec in ENTROPY_FAMILIES.values():
+        channels = 5
+        raw = torch.randint(-(1 << 14), 1 << 14, (300, spec.params_per_channel * channels), generator=g).double()
+        raw[:7] = torch.randint(-(1 << 20), 1 << 20, (7, raw.shape[1]), generator=g).double()  # clamps and edges of the tables
+        expected = reference_integer_params(spec, raw)
+        got = exact.integer_params(spec, raw)
+        for name in ("weights", "means", "scales"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(expected, name).numpy(), err_msg=f"{spec} {name}")
+        subset = exact.integer_params(spec, raw, np.array([1, 4]))
+        keep = np.isin(np.arange(300 * channels) % channels, [1, 4])
+        np.testing.assert_array_equal(subset.means, expected.means.numpy()[:, :, keep])
+
+
 def test_compiled_pmf_is_bit_identical_to_tensor_arithmetic():
     g = torch.Generator().manual_seed(1)
     for spec in ENTROPY_FAMILIES.values():
         m, shape = 3000, (len(spec.families), spec.components, 3000, 1)
-        mixture = exact.IntegerMixture(
-            torch.randint(0, 1 << 14, shape, generator=g),
-            torch.randint(-(1 << 17), 1 << 17, shape, generator=g),
-            torch.randint(7000, 1 << 24, shape, generator=g),
-        )
+        params = (torch.randint(0, 1 << 14, shape, generator=g), torch.randint(-(1 << 17), 1 << 17, shape, generator=g),
+                  torch.randint(7000, 1 << 24, shape, generator=g))
+        params[0][:, :, ::3] = 0  # components of weight 0 are skipped
+        reference = exact.IntegerMixture(*params)  # (F, K, m, 1): broadcasts against the windows
+        mixture = exact.IntegerMixture(*(t[..., 0].numpy() for t in params))
         for lowest, width in ((torch.randint(-300, 300, (m,), generator=g), 17), (torch.full((m,), LATENT_MIN - 3), 9),
                               (torch.full((m,), LATENT_MAX - 5), 9), (torch.randint(-5, 5, (m,), generator=g), 513)):
-            expected = reference_window_pmf(spec, lowest, width, mixture)
-            assert torch.equal(exact.integer_window_pmf(spec, lowest, width, mixture), expected)
+            expected = reference_window_pmf(spec, lowest, width, reference).numpy()
+            np.testing.assert_array_equal(exact.integer_window_pmf(spec, lowest.numpy(), width, mixture), expected)
+            order = torch.randperm(m, generator=g).numpy()  # elements picked by index
+            np.testing.assert_array_equal(exact.integer_window_pmf(spec, lowest.numpy()[order], width, mixture, order), expected[order])
+
+
+def test_compiled_center_and_spread_are_bit_identical_to_tensor_arithmetic():
+    g = torch.Generator().manual_seed(3)
+    shape = (3, 3, 5000)
+    weights = torch.randint(0, 1 << 15, shape, generator=g)
+    weights[:, :, ::4] //= 1000  # some components under MIN_WEIGHT
+    means, scales = torch.randint(-(1 << 19), 1 << 19, shape, generator=g), torch.randint(7000, 1 << 26, shape, generator=g)
+    unit = weights.sum((0, 1)) << exact.ACT_BITS
+    center = torch.div(2 * (weights * means).sum((0, 1)) + unit, 2 * unit, rounding_mode="floor").clamp(LATENT_MIN, LATENT_MAX)
+    reach = (means - (center << exact.ACT_BITS)).abs() + ((10 * scales) >> (exact.SCALE_BITS - exact.ACT_BITS))
+    reach = torch.where(weights >= exact.MIN_WEIGHT, reach, torch.zeros_like(reach)).amax((0, 1))
+    spread = torch.div(reach + (1 << exact.ACT_BITS) - 1, 1 << exact.ACT_BITS, rounding_mode="floor")
+    got = exact.integer_center_and_spread(exact.IntegerMixture(weights.numpy(), means.numpy(), scales.numpy()))
+    np.testing.assert_array_equal(got[0], center.numpy())
+    np.testing.assert_array_equal(got[1], spread.numpy())

@@ -28,6 +28,7 @@ from .models.context_model import CONTEXT_KERNEL, ContextMixtureModel
 SCHEDULES = ("wavefront", "raster")
 #: Half-widths of the PMF windows; each element uses the smallest that covers its spread.
 WINDOW_HALF_WIDTHS = (4, 8, 16, 32, 64, 128, 256)
+_HALF_WIDTHS = np.array(WINDOW_HALF_WIDTHS)
 
 _K = CONTEXT_KERNEL // 2
 #: (dy, dx) of the causal taps of the 5x5 type-A mask, in raster order.
@@ -71,8 +72,9 @@ class EntropyPath:
         """Hyper features ``(2n, 4h, 4w)`` (integers, units ``2**-ACT_BITS``) from ``ẑ`` ``(1, n, h, w)``."""
         return self.hyper_synthesis(exact.to_fixed(z_hat))[0]
 
-    def params(self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray) -> exact.IntegerMixture:
-        """Mixture parameters ``(F, K, len(rows), n)`` at the given latent positions.
+    def params(self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray, active: np.ndarray) -> exact.IntegerMixture:
+        """Mixture parameters ``(F, K, len(rows) * len(active))`` of the channels ``active`` at the
+        given latent positions, elements in (position, channel) order.
 
         Args:
             y_padded: decoded latents so far, ``(n, H + 2, W + 4)`` float64, with
@@ -88,7 +90,7 @@ class EntropyPath:
             x = layer.linear(x)
             if i < len(self.layers) - 1:
                 x = exact.leaky_relu(x)
-        return exact.integer_params(self.spec, x)
+        return exact.integer_params(self.spec, x, active)
 
 
 def _pmf_groups(spec, mixture: exact.IntegerMixture) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -100,22 +102,15 @@ def _pmf_groups(spec, mixture: exact.IntegerMixture) -> list[tuple[np.ndarray, n
     window.  One coder call per group, in this order, is the file format.
     """
     centers, spreads = exact.integer_center_and_spread(mixture)
-    half = torch.full_like(spreads, WINDOW_HALF_WIDTHS[-1])
-    for h in reversed(WINDOW_HALF_WIDTHS):
-        half = torch.where(spreads <= h, h, half)
+    half = _HALF_WIDTHS[np.minimum(np.searchsorted(_HALF_WIDTHS, spreads), len(_HALF_WIDTHS) - 1)]
     groups = []
     for h in WINDOW_HALF_WIDTHS:
-        index = torch.nonzero(half == h).flatten()
-        if index.numel():
+        index = np.flatnonzero(half == h)
+        if index.size:
             offsets = centers[index] - h
-            pmf = exact.integer_window_pmf(spec, offsets, 2 * h + 1, mixture.select(index))
-            groups.append((index.numpy(), pmf.numpy() * 2.0**-exact.PMF_BITS, offsets.numpy()))
+            pmf = exact.integer_window_pmf(spec, offsets, 2 * h + 1, mixture, index)
+            groups.append((index, pmf * 2.0**-exact.PMF_BITS, offsets))
     return groups
-
-
-def _active_mixture(params: exact.IntegerMixture, active: Tensor) -> exact.IntegerMixture:
-    """Parameters of the active channels, elements flattened in (position, channel) order."""
-    return exact.IntegerMixture(*(t[:, :, :, active].reshape(t.shape[0], t.shape[1], -1) for t in (params.weights, params.means, params.scales)))
 
 
 def _step_chunks(steps: list, max_positions: int) -> list[list]:
@@ -149,7 +144,7 @@ def _encode_latents(path: EntropyPath, hyper: Tensor, y_int: Tensor, active: np.
     with torch.no_grad():
         for chunk in _step_chunks(schedule_steps(schedule, height, width), ENCODER_CHUNK_POSITIONS):
             rows, cols = np.concatenate([r for r, _ in chunk]), np.concatenate([c for _, c in chunk])
-            mixture = _active_mixture(path.params(y_padded, hyper, rows, cols), active_t)
+            mixture = path.params(y_padded, hyper, rows, cols, active)
             values = y_int[active_t[None, :], torch.from_numpy(rows)[:, None], torch.from_numpy(cols)[:, None]].reshape(-1).numpy()
             groups = _pmf_groups(path.spec, mixture)
             # each step's elements are a contiguous range (elements are in step order)
@@ -174,7 +169,7 @@ def _decode_latents(path: EntropyPath, hyper: Tensor, active: np.ndarray, schedu
     active_t = torch.from_numpy(active)
     with torch.no_grad():
         for rows, cols in schedule_steps(schedule, height, width):
-            mixture = _active_mixture(path.params(y_padded, hyper, rows, cols), active_t)
+            mixture = path.params(y_padded, hyper, rows, cols, active)
             values = np.zeros(len(rows) * len(active), dtype=np.int64)
             for index, pmf, offsets in _pmf_groups(path.spec, mixture):
                 values[index] = coding.decode_symbols(decoder, pmf, offsets)

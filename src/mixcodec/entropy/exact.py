@@ -15,7 +15,8 @@ integer arithmetic:
   ``floor``; LeakyReLU multiplies by 0.01 (one correctly rounded IEEE operation)
   and floors.
 * **Mixture parameters**: softmax and softplus come from integer lookup tables;
-  weights are fixed-point (``2**-16``), means ``2**-8``, scales ``2**-16``.
+  weights are fixed-point (``2**-16``), means ``2**-8``, scales ``2**-16``
+  (:func:`integer_params`, param_blocks layout of :mod:`.distributions`).
 * **PMF**: the standardized CDFs come from integer tables (``2**-32``) on a grid
   of ``2**-8`` with integer linear interpolation; masses are combined with the
   weights in int64.  The result is an integer table per element.
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .distributions import FAMILIES, LATENT_MAX, LATENT_MIN, SCALE_MIN, MixtureSpec, param_blocks, standard_cdf
+from .distributions import FAMILIES, LATENT_MAX, LATENT_MIN, SCALE_MIN, MixtureSpec, standard_cdf
 
 ACT_BITS = 8
 ACT_LIMIT = float(1 << 20)  # activations within ±4096
@@ -168,47 +169,90 @@ class IntegerSequential:
 
 @dataclass
 class IntegerMixture:
-    """Fixed-point mixture parameters, each int64 of shape ``(F, K, *elements)``.
+    """Fixed-point mixture parameters, each an int64 array of shape ``(F, K, elements)``.
 
     weights: units of ``2**-MIX_BITS`` (sum about ``2**MIX_BITS``);
     means: units of ``2**-ACT_BITS``; scales: units of ``2**-SCALE_BITS`` (>= SCALE_MIN).
     """
 
-    weights: Tensor
-    means: Tensor
-    scales: Tensor
-
-    def select(self, index: Tensor) -> "IntegerMixture":
-        """Elements ``index`` of flattened element dimension, with a trailing singleton."""
-        return IntegerMixture(*(t[:, :, index, None] for t in (self.weights, self.means, self.scales)))
-
-
-def _softmax(logits: Tensor, dim: int) -> Tensor:
-    """Integer softmax of logits in units of ``2**-ACT_BITS``; result in units of ``2**-MIX_BITS``."""
-    gap = (logits.amax(dim, keepdim=True) - logits).clamp_(max=EXP_RANGE << GRID_BITS)
-    e = tables()["exp"][gap]
-    return torch.div(e << MIX_BITS, e.sum(dim, keepdim=True), rounding_mode="floor")
-
-
-def integer_params(spec: MixtureSpec, raw: Tensor) -> IntegerMixture:
-    """Integer network outputs (units ``2**-ACT_BITS``, layout of :func:`param_blocks`) -> mixture."""
-    logits, means, raw_scales, family_logits = (None if t is None else t.to(torch.int64) for t in param_blocks(spec, raw))
-    weights = _softmax(logits, dim=1)
-    if family_logits is not None:
-        weights = (weights * _softmax(family_logits, dim=0).unsqueeze(1)) >> MIX_BITS
-    limit = SOFTPLUS_RANGE << GRID_BITS
-    softplus = tables()["softplus"][raw_scales.clamp(-limit, limit) + limit]
-    scales = torch.where(raw_scales > limit, raw_scales << (SCALE_BITS - ACT_BITS), softplus)
-    scales = scales.clamp_(min=round(SCALE_MIN * 2**SCALE_BITS))
-    return IntegerMixture(weights, means.clamp(-(1 << 19), 1 << 19), scales)
+    weights: np.ndarray
+    means: np.ndarray
+    scales: np.ndarray
 
 
 @numba.njit(cache=True, nogil=True)
-def _window_pmf_kernel(lowest, width, weights, means, scales, cdf_tables, out):  # pragma: no cover (compiled)
-    """``out[i, j] += Σ_f,k weight · (CDF(upper edge) − CDF(lower edge))`` of value ``lowest[i] + j``.
+def _softmax_kernel(logits, exp_table, out):  # pragma: no cover (compiled)
+    """Integer softmax of ``logits`` (int64, units ``2**-ACT_BITS``) into ``out`` (units ``2**-MIX_BITS``):
+    ``floor((e_i << MIX_BITS) / Σ e)`` with ``e_i = exp_table[min(max - logit_i, EXP_RANGE << GRID_BITS)]``."""
+    top = logits.max()
+    total = 0
+    for i in range(logits.shape[0]):
+        out[i] = exp_table[min(top - logits[i], EXP_RANGE << GRID_BITS)]
+        total += out[i]
+    for i in range(logits.shape[0]):
+        out[i] = (out[i] << MIX_BITS) // total
 
-    Shapes: ``lowest`` ``(m,)`` int64; ``weights``/``means``/``scales`` ``(F, K, m)`` float64
-    holding integers (units as :class:`IntegerMixture`); ``cdf_tables`` ``(F, T)``; ``out``
+
+@numba.njit(cache=True, nogil=True)
+def _params_kernel(raw, active, families, components, exp_table, softplus_table, weights, means, scales):  # pragma: no cover (compiled)
+    """Mixture parameters of the channels ``active`` of integer network outputs.
+
+    ``raw`` ``(m, P * C)`` float64 holding integers (layout of :func:`~.distributions.param_blocks`);
+    outputs ``(F, K, m * len(active))`` int64 in (position, channel) order, units as :class:`IntegerMixture`.
+    """
+    channels = raw.shape[1] // (3 * components * families + (families if families > 1 else 0))
+    limit = SOFTPLUS_RANGE << GRID_BITS
+    scale_min = round(SCALE_MIN * 2**SCALE_BITS)
+    within = np.empty(components, dtype=np.int64)
+    across = np.ones(families, dtype=np.int64)
+    logits = np.empty(max(components, families), dtype=np.int64)
+    for p in range(raw.shape[0]):
+        for a in range(active.shape[0]):
+            c, e = active[a], p * active.shape[0] + a
+            if families > 1:
+                for f in range(families):
+                    logits[f] = np.int64(raw[p, (3 * components * families + f) * channels + c])
+                _softmax_kernel(logits[:families], exp_table, across)
+            for f in range(families):
+                block = 3 * components * f
+                for k in range(components):
+                    logits[k] = np.int64(raw[p, (block + k) * channels + c])
+                _softmax_kernel(logits[:components], exp_table, within)
+                for k in range(components):
+                    weights[f, k, e] = (within[k] * across[f]) >> MIX_BITS if families > 1 else within[k]
+                    means[f, k, e] = min(max(np.int64(raw[p, (block + components + k) * channels + c]), -(1 << 19)), 1 << 19)
+                    x = np.int64(raw[p, (block + 2 * components + k) * channels + c])
+                    scale = x << (SCALE_BITS - ACT_BITS) if x > limit else softplus_table[max(x, -limit) + limit]
+                    scales[f, k, e] = max(scale, scale_min)
+
+
+def integer_params(spec: MixtureSpec, raw: Tensor, active: np.ndarray | None = None) -> IntegerMixture:
+    """Integer network outputs ``(m, P * C)`` (units ``2**-ACT_BITS``, layout of :func:`param_blocks`)
+    -> mixture of the channels ``active`` (default: all), elements ``(F, K, m * len(active))``
+    in (position, channel) order.
+
+    Softmax: ``exp`` table on the gap to the largest logit, then an integer division;
+    component weight = within-family weight × family weight ``>> MIX_BITS``.  Scales:
+    ``softplus`` table (identity above 16), at least ``SCALE_MIN``.  Compiled with numba;
+    bit-identical to the same arithmetic as torch tensor operations (tests).
+    """
+    families, components = len(spec.families), spec.components
+    channels = raw.shape[1] // spec.params_per_channel
+    active = np.arange(channels) if active is None else np.asarray(active, dtype=np.int64)
+    shape = (families, components, raw.shape[0] * len(active))
+    weights, means, scales = (np.empty(shape, dtype=np.int64) for _ in range(3))
+    table = tables()
+    _params_kernel(np.ascontiguousarray(raw.numpy()), active, families, components, table["exp"].numpy(), table["softplus"].numpy(), weights, means, scales)
+    return IntegerMixture(weights, means, scales)
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_pmf_kernel(elements, lowest, width, weights, means, scales, cdf_tables, out):  # pragma: no cover (compiled)
+    """``out[i, j] = Σ_f,k weight · (CDF(upper edge) − CDF(lower edge))`` of value ``lowest[i] + j``
+    under the mixture of element ``elements[i]``.
+
+    Shapes: ``elements``, ``lowest`` ``(m,)`` int64; ``weights``/``means``/``scales`` ``(F, K, E)``
+    int64 (units as :class:`IntegerMixture`); ``cdf_tables`` ``(F, T)``; ``out``
     ``(m, width)`` float64 zeros.  The CDF at ``t = offset / scale`` (units ``2**-CDF_BITS``)
     is the table value at grid index ``floor(t · 2**GRID_BITS)`` plus an integer linear
     interpolation with an 8-bit fraction.  The quotient is one correctly rounded IEEE
@@ -225,9 +269,12 @@ def _window_pmf_kernel(lowest, width, weights, means, scales, cdf_tables, out): 
     open_low = (LATENT_MIN << ACT_BITS) - half  # lower edge of LATENT_MIN's bin and below: -inf
     open_high = (LATENT_MAX << ACT_BITS) + half  # upper edge of LATENT_MAX's bin and above: +inf
     for i in range(lowest.shape[0]):
+        e = elements[i]
         for f in range(weights.shape[0]):
             for k in range(weights.shape[1]):
-                weight, mean, scale = weights[f, k, i], means[f, k, i], scales[f, k, i]
+                weight, mean, scale = float(weights[f, k, e]), float(means[f, k, e]), float(scales[f, k, e])
+                if weight == 0.0:  # adds exactly nothing (common: family weights of 2**-16 and below)
+                    continue
                 previous = 0.0
                 for j in range(width + 1):
                     edge = ((lowest[i] + j) << ACT_BITS) - half  # lower edge of value lowest + j
@@ -253,12 +300,13 @@ def _window_pmf_kernel(lowest, width, weights, means, scales, cdf_tables, out): 
                     previous = cdf
 
 
-def integer_window_pmf(spec: MixtureSpec, lowest: Tensor, width: int, mixture: IntegerMixture) -> Tensor:
-    """Probabilities of the values ``lowest[i] + j`` (``j < width``), in units of ``2**-PMF_BITS``.
+def integer_window_pmf(spec: MixtureSpec, lowest: np.ndarray, width: int, mixture: IntegerMixture, elements: np.ndarray | None = None) -> np.ndarray:
+    """Probabilities of the values ``lowest[i] + j`` (``j < width``) under the mixture of
+    element ``elements[i]`` (default: element ``i``), in units of ``2**-PMF_BITS``.
 
     Args:
         lowest: ``(m,)`` int64, the first value of each window.
-        mixture: parameters of shape ``(F, K, m, 1)`` (see :meth:`IntegerMixture.select`).
+        mixture: parameters of shape ``(F, K, E)``.
     Returns:
         ``(m, width)`` float64 holding exact integers.  Bins as in
         :func:`~.distributions.bin_mass`: the bin of ``LATENT_MIN`` extends to -inf,
@@ -266,10 +314,11 @@ def integer_window_pmf(spec: MixtureSpec, lowest: Tensor, width: int, mixture: I
         Compiled with numba (one pass per element, about 10x faster than the same
         arithmetic as torch tensor operations, and bit-identical to it: tests).
     """
-    weights, means, scales = (np.ascontiguousarray(t[..., 0].double().numpy()) for t in (mixture.weights, mixture.means, mixture.scales))
+    lowest = np.asarray(lowest, dtype=np.int64)
+    elements = np.arange(len(lowest)) if elements is None else np.asarray(elements, dtype=np.int64)
     out = np.zeros((len(lowest), width))
-    _window_pmf_kernel(lowest.numpy().astype(np.int64), width, weights, means, scales, _cdf_tables(spec.families), out)
-    return torch.from_numpy(out)
+    _window_pmf_kernel(elements, lowest, width, mixture.weights, mixture.means, mixture.scales, _cdf_tables(spec.families), out)
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -278,13 +327,30 @@ def _cdf_tables(families: tuple[str, ...]) -> np.ndarray:
     return np.stack([tables()[f"cdf_{family}"].numpy() for family in families])
 
 
-def integer_center_and_spread(mixture: IntegerMixture) -> tuple[Tensor, Tensor]:
-    """Rounded, clipped mixture mean and a half-width (both int64, in latent units) covering
-    every component of weight >= ``MIN_WEIGHT``: ``max |mean - center| + 10 scale``."""
-    weight_sum = mixture.weights.sum((0, 1))
-    numerator = (mixture.weights * mixture.means).sum((0, 1))
-    unit = weight_sum << ACT_BITS
-    center = torch.div(2 * numerator + unit, 2 * unit, rounding_mode="floor").clamp(LATENT_MIN, LATENT_MAX)
-    reach = (mixture.means - (center << ACT_BITS)).abs() + ((10 * mixture.scales) >> (SCALE_BITS - ACT_BITS))
-    reach = torch.where(mixture.weights >= MIN_WEIGHT, reach, torch.zeros_like(reach)).amax((0, 1))
-    return center, torch.div(reach + (1 << ACT_BITS) - 1, 1 << ACT_BITS, rounding_mode="floor")
+@numba.njit(cache=True, nogil=True)
+def _center_and_spread_kernel(weights, means, scales, center, spread):  # pragma: no cover (compiled)
+    one = 1 << ACT_BITS
+    for e in range(weights.shape[2]):
+        weight_sum = numerator = 0
+        for f in range(weights.shape[0]):
+            for k in range(weights.shape[1]):
+                weight_sum += weights[f, k, e]
+                numerator += weights[f, k, e] * means[f, k, e]
+        unit = weight_sum << ACT_BITS
+        c = min(max((2 * numerator + unit) // (2 * unit), LATENT_MIN), LATENT_MAX)
+        reach = 0
+        for f in range(weights.shape[0]):
+            for k in range(weights.shape[1]):
+                if weights[f, k, e] >= MIN_WEIGHT:
+                    reach = max(reach, abs(means[f, k, e] - (c << ACT_BITS)) + ((10 * scales[f, k, e]) >> (SCALE_BITS - ACT_BITS)))
+        center[e] = c
+        spread[e] = (reach + one - 1) // one
+
+
+def integer_center_and_spread(mixture: IntegerMixture) -> tuple[np.ndarray, np.ndarray]:
+    """Per element ``(F, K, E)``: the mixture mean rounded to an integer and clipped to the
+    latent range, and a half-width covering every component of weight >= ``MIN_WEIGHT``
+    (``ceil(max |mean - center| + 10 scale)``); both ``(E,)`` int64 in latent units."""
+    center, spread = np.empty(mixture.weights.shape[2], dtype=np.int64), np.empty(mixture.weights.shape[2], dtype=np.int64)
+    _center_and_spread_kernel(mixture.weights, mixture.means, mixture.scales, center, spread)
+    return center, spread
