@@ -19,7 +19,7 @@ from PIL import Image
 
 from mixcodec import codec
 from mixcodec.eval import environment
-from mixcodec.losses import bits_per_pixel
+from mixcodec.losses import bits_per_image
 from mixcodec.models.registry import find_model, load_model
 from mixcodec.train import list_images
 
@@ -42,7 +42,7 @@ def main() -> None:
         _, z_stream, y_stream = codec.bitstream.parse(data)
         x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
         with torch.no_grad():
-            estimate = bits_per_pixel(net(codec._pad(x), noise=False), 1).item() / 8
+            estimate = bits_per_image(net(codec._pad(x), info.quality, noise=False)).item() / 8
         streams = len(z_stream) + len(y_stream)
         total_stream += streams
         total_estimate += estimate

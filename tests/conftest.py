@@ -22,7 +22,7 @@ def tiny_model(tmp_path_factory):
             torch.manual_seed(len(cache))
             config = ModelConfig(backbone=backbone, family=family, n=8, hidden=(24, 32))
             model = ContextMixtureModel(config)
-            cache[key] = export(model.state_dict(), config, folder / f"{backbone}-{family}.safetensors", name="tiny", quality=1)
+            (cache[key],) = export(model.state_dict(), config, folder / f"{backbone}-{family}.safetensors", name="tiny", lmbdas=[0.01])
         return cache[key]
 
     return make
@@ -47,11 +47,13 @@ def installed_tiny(tiny_model, monkeypatch):
 
 @pytest.fixture()
 def tiny_ladder(tmp_path_factory, monkeypatch):
-    """Two tiny models named ``ladder`` (qualities 1 and 2) visible through ``$MIXCODEC_MODELS``."""
+    """A tiny variable-rate model named ``ladder`` (qualities 1 and 2, gains a factor 4 apart)
+    visible through ``$MIXCODEC_MODELS``."""
     folder = tmp_path_factory.mktemp("ladder")
-    for quality in (1, 2):
-        torch.manual_seed(10 + quality)
-        config = ModelConfig(backbone="crm", family="gllmm", n=8 * quality, hidden=(24, 32))
-        export(ContextMixtureModel(config).state_dict(), config, folder / f"ladder-q{quality}.safetensors", name="ladder", quality=quality)
+    torch.manual_seed(10)
+    config = ModelConfig(backbone="crm", family="gllmm", n=8, hidden=(24, 32), qualities=2)
+    model = ContextMixtureModel(config)
+    model.gains.init_from_lmbdas([0.001, 0.016])
+    export(model.state_dict(), config, folder / "ladder.safetensors", name="ladder", lmbdas=[0.001, 0.016])
     monkeypatch.setenv("MIXCODEC_MODELS", str(folder))
     return folder

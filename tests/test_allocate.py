@@ -77,19 +77,26 @@ def test_allocate_cli_meets_the_budget_and_reports_infeasible_targets(tiny_ladde
     assert proc.returncode == 2 and "infeasible" in proc.stderr and "bpp" in proc.stderr
 
 
-def test_compress_max_bytes_picks_a_quality_that_fits(tiny_ladder, tmp_path):
+def test_compress_max_bytes_picks_the_highest_quality_that_fits(tiny_ladder, tmp_path):
     from conftest import smooth_image
     from PIL import Image
+
+    from mixcodec.bitstream import parse
 
     Image.fromarray(smooth_image(64, 96)).save(tmp_path / "a.png")
     sizes = {}
     for q in (1, 2):
         assert run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--quality", q, "-o", tmp_path / f"q{q}.mxc").returncode == 0
         sizes[q] = (tmp_path / f"q{q}.mxc").stat().st_size
-    limit = max(sizes.values()) - 1
+    assert sizes[1] < sizes[2]
+    limit = (sizes[1] + sizes[2]) // 2
     proc = run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--max-bytes", limit, "-o", tmp_path / "fit.mxc")
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "fit.mxc").read_bytes() == (tmp_path / f"q{min(sizes, key=sizes.get)}.mxc").read_bytes()
+    fit = (tmp_path / "fit.mxc").read_bytes()
+    quality = parse(fit)[0].quality
+    assert sizes[1] <= len(fit) <= limit and 1 <= quality < 2 and quality * 64 == int(quality * 64)  # between the levels, to 1/64
+    finer = run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--quality", quality + 1 / 64, "-o", tmp_path / "finer.mxc")
+    assert finer.returncode == 0 and (tmp_path / "finer.mxc").stat().st_size > limit  # the next step up does not fit
     proc = run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--max-bytes", 10, "-o", tmp_path / "none.mxc")
     assert proc.returncode == 2 and "lowest quality" in proc.stderr
 

@@ -15,8 +15,8 @@ import sys, torch, numpy as np
 torch.set_num_threads(int(sys.argv[1]))
 from PIL import Image
 from mixcodec import codec
-from mixcodec.models.registry import read_info
-info = read_info(sys.argv[3])
+from mixcodec.models.registry import read_infos
+info = read_infos(sys.argv[3])[0]
 if sys.argv[2] == "encode":
     open(sys.argv[5], "wb").write(codec.compress(np.asarray(Image.open(sys.argv[4])), model=info))
 else:

@@ -11,14 +11,14 @@ from conftest import smooth_image
 from mixcodec import codec
 from mixcodec.entropy import coding
 from mixcodec.entropy.distributions import ENTROPY_FAMILIES, LATENT_MAX, LATENT_MIN
-from mixcodec.losses import bits_per_pixel
+from mixcodec.losses import bits_per_image
 from mixcodec.models.registry import load_model
 
 
 def encoder_latents(info, array):
     net = load_model(info)
     x = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous().float() / 255
-    return codec.quantize_latents(net, codec._pad(x))
+    return codec.quantize_latents(net, codec._pad(x), info.quality)
 
 
 @pytest.mark.parametrize("backbone", ["residual", "crm"])
@@ -32,7 +32,7 @@ def test_every_architecture_and_family_round_trips(tiny_model, backbone, family)
     assert torch.equal(y_decoded, y_encoded)
     image = codec.decompress(data, model=info)
     assert image.size == (130, 65)
-    np.testing.assert_array_equal(np.asarray(image), codec.reconstruct(net, y_encoded, 65, 130))
+    np.testing.assert_array_equal(np.asarray(image), codec.reconstruct(net, y_encoded, info.quality, 65, 130))
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 33), (64, 64), (65, 130), (200, 97)])
@@ -61,7 +61,7 @@ def test_file_size_matches_the_model_estimate(tiny_model):
     net = load_model(info)
     x = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous().float() / 255
     with torch.no_grad():
-        estimate_bytes = bits_per_pixel(net(x, noise=False), 1).item() / 8
+        estimate_bytes = bits_per_image(net(x, info.quality, noise=False)).item() / 8
     _, z_stream, y_stream = codec.bitstream.parse(data)
     header_bytes = len(data) - len(z_stream) - len(y_stream)
     assert len(data) <= 1.02 * estimate_bytes + header_bytes + 8  # + 2 half-filled 32-bit words

@@ -16,13 +16,15 @@ from conftest import smooth_image
 from PIL import Image
 
 from mixcodec.eval import read_rows
-from mixcodec.models.registry import load_model, read_info
+from mixcodec.models import registry
+from mixcodec.models.registry import load_model, read_infos
 from mixcodec.train import TrainConfig, load_preset, to_toml, train
 
 
 def tiny_config(**changes) -> TrainConfig:
     return dataclasses.replace(
-        TrainConfig(architecture="gllmm", n=8, hidden=[16, 24], crop=64, batch=2, steps=3, log_every=1, checkpoint_minutes=0.0, threads=1),
+        TrainConfig(architecture="gllmm", n=8, hidden=[16, 24], lmbdas=[0.005, 0.02], crop=64, batch=2, steps=3, log_every=1, checkpoint_minutes=0.0,
+                    threads=1),
         **changes,
     )
 
@@ -51,21 +53,24 @@ def test_train_resume_and_export(tmp_path):
     state = torch.load(ckpt, weights_only=True)
     assert state["step"] == 3
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[0] == "step,time_s,lr,loss,bpp,psnr,bpp_q1,psnr_q1,bpp_q2,psnr_q2,aux"
     assert len(log) == 4 and all(float(line.split(",")[4]) > 0 for line in log[1:])  # bpp column
     train(dataclasses.replace(cfg, steps=5), tmp_path / "data", tmp_path / "run", resume=True)
     assert torch.load(ckpt, weights_only=True)["step"] == 5
     proc = subprocess.run(
-        [sys.executable, "-m", "mixcodec.cli", "export", str(ckpt), "-o", str(tmp_path / "w.safetensors"), "--name", "t", "--quality", "2", "--measure", str(data),
+        [sys.executable, "-m", "mixcodec.cli", "export", str(ckpt), "-o", str(tmp_path / "w.safetensors"), "--name", "t", "--measure", str(data),
          "--rows", str(tmp_path / "rows.csv")],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    info = read_info(tmp_path / "w.safetensors")
-    assert (info.name, info.quality, info.config.hidden, info.lmbda) == ("t", 2, (16, 24), cfg.lmbda)
-    assert info.kodak["images"] == 2 and info.kodak["bpp"] > 0 and info.kodak["psnr"] > 0
+    infos = read_infos(tmp_path / "w.safetensors")
+    assert [(i.name, i.quality, i.config.hidden, i.lmbda) for i in infos] == [("t", q + 1, (16, 24), lmbda) for q, lmbda in enumerate(cfg.lmbdas)]
     rows = read_rows(tmp_path / "rows.csv")
-    assert [(r.codec, r.quality) for r in rows] == [("t", 2.0)] * 2
-    assert np.mean([r.bpp for r in rows]) == pytest.approx(info.kodak["bpp"])
+    assert sorted((r.codec, r.quality) for r in rows) == [("t", 1.0), ("t", 1.0), ("t", 2.0), ("t", 2.0)]
+    for info in infos:
+        assert info.kodak["images"] == 2 and info.kodak["bpp"] > 0 and info.kodak["psnr"] > 0
+        assert np.mean([r.bpp for r in rows if r.quality == info.quality]) == pytest.approx(info.kodak["bpp"])
+    info = infos[0]
     model = load_model(info)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # a shipped weight file is a starting point for further training
@@ -85,8 +90,8 @@ def test_workers_and_validation_on_real_files(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     val = (tmp_path / "run" / "val.csv").read_text().splitlines()
-    assert val[0] == "step,bpp,psnr,ms_ssim" and [line.split(",")[0] for line in val[1:]] == ["2", "3"]
-    assert all(float(line.split(",")[1]) > 0 and float(line.split(",")[2]) > 0 for line in val[1:])
+    assert val[0] == "step,quality,bpp,psnr,ms_ssim" and [line.split(",")[:2] for line in val[1:]] == [["2", "1"], ["2", "2"], ["3", "1"], ["3", "2"]]
+    assert all(float(line.split(",")[2]) > 0 and float(line.split(",")[3]) > 0 for line in val[1:])
     assert "(real files)" in proc.stdout
 
 
@@ -99,12 +104,12 @@ def test_frozen_modules_are_shared_with_the_base_weight_file(tmp_path):
     weights.mkdir()
 
     def export(run, name, *extra):
-        cmd = [sys.executable, "-m", "mixcodec.cli", "export", str(tmp_path / run / "last.pt"), "-o", str(weights / name), "--quality", "1", *extra]
+        cmd = [sys.executable, "-m", "mixcodec.cli", "export", str(tmp_path / run / "last.pt"), "-o", str(weights / name), *extra]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
     assert export("base", "base.safetensors").returncode == 0
-    tuned = train(tiny_config(steps=2, lmbda=0.05, freeze=["entropy_parameters"]), data, tmp_path / "tuned", init=weights / "base.safetensors")
-    base_model = load_model(read_info(weights / "base.safetensors"))
+    tuned = train(tiny_config(steps=2, lmbdas=[0.05, 0.1], freeze=["entropy_parameters"]), data, tmp_path / "tuned", init=weights / "base.safetensors")
+    base_model = load_model(read_infos(weights / "base.safetensors")[0])
     same = {name: torch.equal(p.half(), q.half()) for (name, p), q in zip(tuned.named_parameters(), base_model.parameters())}
     assert all(same[k] for k in same if k.startswith("entropy_parameters"))
     assert not all(same[k] for k in same if k.startswith("g_s"))
@@ -116,16 +121,16 @@ def test_frozen_modules_are_shared_with_the_base_weight_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     shared_bytes = sum(2 * p.numel() for name, p in tuned.named_parameters() if name.startswith("entropy_parameters"))
     assert (weights / "tuned.safetensors").stat().st_size < (weights / "base.safetensors").stat().st_size - shared_bytes + 2000
-    loaded = load_model(read_info(weights / "tuned.safetensors"))
+    loaded = load_model(read_infos(weights / "tuned.safetensors")[0])
     assert all(torch.equal(a, b.half().float()) for a, b in zip(loaded.state_dict().values(), tuned.state_dict().values()))
     # the base model may be retrained (its own tensors change): its variants stay valid
     (weights / "base.safetensors").write_bytes(export_base_changed(weights / "base.safetensors", "g_s"))
-    load_model.cache_clear()
-    assert all(torch.equal(a, b) for a, b in zip(load_model(read_info(weights / "tuned.safetensors")).state_dict().values(), loaded.state_dict().values()))
+    registry._load_file.cache_clear()
+    assert all(torch.equal(a, b) for a, b in zip(load_model(read_infos(weights / "tuned.safetensors")[0]).state_dict().values(), loaded.state_dict().values()))
     (weights / "base.safetensors").write_bytes(export_base_changed(weights / "base.safetensors", "entropy_parameters"))
-    load_model.cache_clear()
+    registry._load_file.cache_clear()
     with pytest.raises(ValueError, match="base.safetensors"):
-        load_model(read_info(weights / "tuned.safetensors"))
+        load_model(read_infos(weights / "tuned.safetensors")[0])
 
 
 def export_base_changed(path: Path, prefix: str) -> bytes:
@@ -168,3 +173,58 @@ def test_ddp_on_two_cpu_processes_keeps_parameters_identical(tmp_path):
     digests = [(tmp_path / "run" / f"rank{r}").read_text() for r in range(2)]
     assert digests[0] == digests[1]
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_learning_rate_warms_up_then_drops():
+    from mixcodec.train import learning_rate
+
+    cfg = tiny_config(lr=1e-4, lr_final=1e-5, warmup_steps=4, steps=100, lr_drop_at=0.9)
+    assert [learning_rate(cfg, s) for s in range(5)] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4])
+    assert learning_rate(cfg, 89) == 1e-4 and learning_rate(cfg, 90) == 1e-5
+
+
+def test_init_from_a_model_of_another_shape_keeps_what_fits(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(smooth_image(80, 90)).save(data / "0.png")
+    base = train(tiny_config(steps=1, lmbdas=[0.01]), data, tmp_path / "base")  # one quality
+    wider = train(tiny_config(steps=1, hidden=[20, 24], lr=0.0), data, tmp_path / "wide", init=tmp_path / "base" / "last.pt")
+    note = capsys.readouterr().out.splitlines()[-1]
+    assert "left at their initialization" in note and "entropy_parameters.0.weight" in note and "gains.log_gain" in note
+    assert "g_s" not in note
+    assert torch.equal(wider.g_s[0].trunk[0].body[0].weight, base.g_s[0].trunk[0].body[0].weight)
+    assert wider.gains.log_gain.shape == (2, 8)
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(smooth_image(80, 90)).save(data / "0.png")
+    (tmp_path / "p.toml").write_text(to_toml(tiny_config(steps=100000, checkpoint_minutes=60.0)))
+    cmd = [sys.executable, "-m", "mixcodec.cli", "train", "--preset", str(tmp_path / "p.toml"), "--data", str(data), "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "log.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    steps = int(log.read_text().splitlines()[-1].split(",")[0])
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] >= steps >= 2
+
+
+def test_loss_weights_each_image_with_its_lambda_and_weight():
+    from mixcodec.losses import rate_distortion_loss
+
+    torch.manual_seed(0)
+    target = torch.rand(3, 3, 16, 16)
+    output = {"x_hat": target + 0.1 * torch.randn_like(target), "y": torch.rand(3, 4, 1, 1) * 0.9 + 0.05, "z": torch.full((3, 4, 1, 1), 0.5)}
+    lmbdas, weights = torch.tensor([0.001, 0.01, 0.1]), torch.tensor([2.0, 1.0, 0.5])
+    each = [rate_distortion_loss({k: v[i : i + 1] for k, v in output.items()}, target[i : i + 1], lmbdas[i], "mse")["loss"] for i in range(3)]
+    got = rate_distortion_loss(output, target, lmbdas, "mse", weights)
+    assert got["loss"].item() == pytest.approx(sum(w * l for w, l in zip(weights.tolist(), each)) / 3, rel=1e-6)
+    assert got["bpp"].shape == (3,) and got["bpp"][0].item() == pytest.approx(-torch.log2(output["y"][0]).sum().item() / 256 + 4 / 256)

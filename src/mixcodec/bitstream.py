@@ -6,7 +6,8 @@ Layout (all integers big-endian)::
     version      u8       FORMAT_VERSION
     name_len     u8       length of the model name
     name         name_len bytes, ASCII
-    quality      u8       quality index of the model
+    quality      u16      quality of the model in units of 1/256 (1 .. Q; between two
+                          trained levels for fractional values)
     digest       8 bytes  first 8 bytes of the SHA-256 of the model's weights
     height       u32      image height in pixels (1 .. MAX_SIDE)
     width        u32      image width in pixels (1 .. MAX_SIDE)
@@ -33,9 +34,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .context_coding import SCHEDULES
+from .models.context_model import QUALITY_RESOLUTION
 
 MAGIC = b"MXC\x89"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_SIDE = 1 << 15
 #: Largest image (pixels) the codec accepts; bounds memory use of the transforms.
 MAX_PIXELS = 1 << 24
@@ -52,7 +54,7 @@ class Header:
     """Everything in a ``.mxc`` file except the streams."""
 
     model: str
-    quality: int
+    quality: float  # a multiple of 1 / QUALITY_RESOLUTION
     digest: bytes
     height: int
     width: int
@@ -80,7 +82,7 @@ def pack(header: Header, z_stream: bytes, y_stream: bytes) -> bytes:
             MAGIC,
             struct.pack(">BB", FORMAT_VERSION, len(name)),
             name,
-            struct.pack(">B", header.quality),
+            struct.pack(">H", round(header.quality * QUALITY_RESOLUTION)),
             header.digest,
             struct.pack(">IIBBH", header.height, header.width, MODES.index(header.mode), SCHEDULE_IDS.index(header.schedule), header.channels),
             np.packbits(flags, bitorder="little").tobytes(),
@@ -126,7 +128,9 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
         name = reader.take(name_len).decode("ascii")
     except UnicodeDecodeError as exc:
         raise FormatError("bad model name") from exc
-    (quality,) = reader.unpack(">B")
+    (quality,) = reader.unpack(">H")
+    if quality == 0:
+        raise FormatError("bad quality 0")
     digest = reader.take(8)
     height, width, mode, schedule, channels = reader.unpack(">IIBBH")
     try:
@@ -140,5 +144,5 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
     z_stream, y_stream = reader.take(z_len), reader.take(y_len)
     if reader.pos != len(reader.data):
         raise FormatError("trailing bytes after the streams")
-    header = Header(name, quality, digest, height, width, MODES[mode], SCHEDULE_IDS[schedule], np.flatnonzero(flags[:channels]), channels)
+    header = Header(name, quality / QUALITY_RESOLUTION, digest, height, width, MODES[mode], SCHEDULE_IDS[schedule], np.flatnonzero(flags[:channels]), channels)
     return header, z_stream, y_stream

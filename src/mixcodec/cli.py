@@ -107,14 +107,39 @@ def _run_each(inputs, outputs, job, force: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
+#: Halvings of the interval between two levels when a file must fit a size (1/64 of a level).
+FIT_STEPS = 6
+
+
+def _largest_that_fits(image: Image.Image, model: str, levels: int, limit: int) -> bytes:
+    """The file of the highest quality of ``model`` whose size is at most ``limit`` bytes:
+    the highest level that fits, then bisection towards the next level (file sizes grow
+    with the quality)."""
+    files = {}
+
+    def size(quality: float) -> int:
+        files[quality] = compress(image, model=find_model(model, quality))
+        return len(files[quality])
+
+    fitting = next((q for q in range(levels, 0, -1) if size(q) <= limit), None)
+    if fitting is None:
+        raise InputError(f"even the lowest quality needs {len(files[1])} bytes ({8 * len(files[1]) / (image.width * image.height):.4f} bpp), over the limit of {limit}")
+    low, high = float(fitting), float(fitting + 1)
+    if fitting < levels:
+        for _ in range(FIT_STEPS):
+            middle = (low + high) / 2
+            low, high = (middle, high) if size(middle) <= limit else (low, middle)
+    return files[low]
+
+
 def _model_set(spec: str, separator: str) -> list:
     """The models of one curve: an installed name (all its qualities), or weight files joined by ``separator``."""
-    from .models.registry import read_info
+    from .models.registry import read_infos
 
     paths = [Path(p) for p in spec.split(separator)]
     if all(p.suffix == ".safetensors" for p in paths):
         try:
-            return [read_info(p) for p in paths]
+            return [info for p in paths for info in read_infos(p)]
         except (OSError, ValueError) as exc:
             raise BadInput(str(exc)) from None
     infos = [i for i in installed_models() if i.name == spec]
@@ -134,9 +159,9 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Output file (one input only).")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Installed model name or weight file.")
-@click.option("--quality", type=int, default=None, help="Quality index (default: the model's middle one).")
-@click.option("--target-bpp", type=float, help="Best quality of the model whose file fits this many bits per pixel.")
-@click.option("--max-bytes", type=int, help="Best quality of the model whose file fits this many bytes.")
+@click.option("--quality", type=float, default=None, help="1 to the model's number of levels, fractions between levels (default: the middle level).")
+@click.option("--target-bpp", type=float, help="Highest quality (to 1/64 of a level) whose file fits this many bits per pixel.")
+@click.option("--max-bytes", type=int, help="Highest quality (to 1/64 of a level) whose file fits this many bytes.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_bytes, force) -> None:
     """Compress images to .mxc files (default: next to each input)."""
@@ -144,8 +169,7 @@ def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_by
         raise BadInput("--quality cannot be combined with --target-bpp/--max-bytes")
     try:
         info = find_model(model, quality)
-        ladder = sorted((i for i in installed_models() if i.name == info.name), key=lambda i: -i.quality) or [info]
-    except ModelNotFound as exc:
+    except (ModelNotFound, ValueError) as exc:
         raise BadInput(str(exc)) from None
     outs = _outputs(inputs, output, out_dir, ".mxc")
 
@@ -154,11 +178,7 @@ def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_by
         if target_bpp is None and max_bytes is None:
             return compress(image, model=info)
         limit = max_bytes if max_bytes is not None else int(target_bpp * image.width * image.height / 8)
-        for candidate in ladder:  # highest quality first
-            data = compress(image, model=candidate)
-            if len(data) <= limit:
-                return data
-        raise InputError(f"even the lowest quality needs {len(data)} bytes ({8 * len(data) / (image.width * image.height):.4f} bpp), over the limit of {limit}")
+        return _largest_that_fits(image, model, info.config.qualities, limit)
 
     _run_each(inputs, outs, job, force)
 
@@ -192,7 +212,7 @@ def info_command(path: Path) -> None:
     except (OSError, FormatError) as exc:
         raise BadInput(f"{path}: {exc}") from None
     pixels = header.height * header.width
-    click.echo(f"model:    {header.model} quality {header.quality} (weights {header.digest.hex()})")
+    click.echo(f"model:    {header.model} quality {header.quality:g} (weights {header.digest.hex()})")
     click.echo(f"image:    {header.width}x{header.height} {header.mode}")
     click.echo(f"bytes:    {len(data)} ({8 * len(data) / pixels:.4f} bpp)")
     click.echo(f"streams:  z {len(z_stream)} B, y {len(y_stream)} B, header+crc {len(data) - len(z_stream) - len(y_stream)} B")
@@ -352,9 +372,10 @@ def sample_command(output: Path, force: bool) -> None:
 @click.option("--preset", default="cpu-gllmm-n64", show_default=True, help="Preset name or TOML file.")
 @click.option("--data", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True), help="Folder of training images.")
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Run folder (checkpoints, log).")
-@click.option("--lmbda", type=float, help="Override the preset's lambda.")
+@click.option("--lmbda", "lmbdas", help="Override the preset's λ ladder: comma-separated, ascending, one quality level each.")
 @click.option("--metric", type=click.Choice(["mse", "ms-ssim"]), help="Override the preset's distortion metric.")
 @click.option("--steps", type=int, help="Override the preset's number of steps.")
+@click.option("--lr", type=float, help="Override the preset's learning rate (before its drop; e.g. a cool-down with --resume in a copy of a run).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt if it exists.")
 @click.option("--init", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Start from another checkpoint's weights.")
 @click.option("--minutes", type=float, help="Stop (with a checkpoint) after this many minutes.")
@@ -362,14 +383,18 @@ def sample_command(output: Path, force: bool) -> None:
               help="Validation images (e.g. Kodak), coded to real files every --val-every steps and at the end (OUT/val.csv).")
 @click.option("--val-every", type=int, help="Override the preset's steps between validations.")
 @click.option("--workers", type=int, help="Override the preset's number of DataLoader workers.")
-def train_command(preset, data, out, lmbda, metric, steps, resume, init, minutes, val, val_every, workers) -> None:
+def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, minutes, val, val_every, workers) -> None:
     """Train a model (see the presets for every hyperparameter)."""
     import dataclasses
 
     from .train import load_preset, train
 
     cfg = load_preset(preset)
-    overrides = {"lmbda": lmbda, "metric": metric, "steps": steps, "val_every": val_every, "workers": workers}
+    try:
+        lmbdas = [float(v) for v in lmbdas.split(",")] if lmbdas else None
+    except ValueError:
+        raise BadInput(f"--lmbda takes comma-separated numbers, got {lmbdas!r}") from None
+    overrides = {"lmbdas": lmbdas, "metric": metric, "steps": steps, "lr": lr, "val_every": val_every, "workers": workers}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     train(cfg, data, out, resume=resume, init=init, max_minutes=minutes, val=val)
 
@@ -378,16 +403,15 @@ def train_command(preset, data, out, lmbda, metric, steps, resume, init, minutes
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--name", default=DEFAULT_MODEL, show_default=True)
-@click.option("--quality", type=int, required=True)
 @click.option("--measure", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Folder of images (e.g. Kodak) to measure from real files; the mean bpp/PSNR/MS-SSIM is stored in the file.")
+              help="Folder of images (e.g. Kodak) to measure from real files at every quality; the mean bpp/PSNR/MS-SSIM is stored in the file.")
 @click.option("--rows", type=click.Path(path_type=Path, dir_okay=False),
               help="With --measure: also write the per-image rows as CSV (for `mixcodec eval --reuse`).")
 @click.option("--base", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Weight file in the output's folder to share identical tensors with (a model fine-tuned from it with frozen modules).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export_command(checkpoint, output, name, quality, measure, rows, base, force) -> None:
-    """Write a training checkpoint as an fp16 safetensors weight file."""
+def export_command(checkpoint, output, name, measure, rows, base, force) -> None:
+    """Write a training checkpoint as an fp16 safetensors weight file (one quality level per λ it was trained with)."""
     import torch
 
     from . import eval as ev
@@ -400,20 +424,20 @@ def export_command(checkpoint, output, name, quality, measure, rows, base, force
     if base is not None and base.resolve().parent != output.resolve().parent:
         raise BadInput(f"--base {base} must be in the output's folder ({output.resolve().parent}): shared tensors are looked up there")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    train_cfg = state.get("train_config", {})
-    meta = {"name": name, "quality": quality, "lmbda": train_cfg.get("lmbda", TrainConfig.lmbda), "metric": train_cfg.get("metric", "mse"),
-            "train_steps": state.get("step", 0)}
+    train_cfg = TrainConfig(**state["train_config"])
+    meta = {"name": name, "lmbdas": train_cfg.lmbdas, "metric": train_cfg.metric, "train_steps": state.get("step", 0)}
     config = ModelConfig.from_json(state["config"])
-    info = export(state["model"], config, output, base=base, **meta)
+    infos = export(state["model"], config, output, base=base, **meta)
     if measure is not None:
-        measured = ev.evaluate(ev.learned_codec([info]), list_images(measure))
+        measured = ev.evaluate(ev.learned_codec(infos), list_images(measure))
         if rows is not None:
             ev.write_rows(measured, rows)
-        point = ev.mean_curve(measured)[name][0]
-        kodak = {"bpp": point["bpp"], "psnr": point["psnr"], "ms_ssim": point["ms_ssim"], "images": point["images"], "set": measure.name}
-        info = export(state["model"], config, output, base=base, kodak=kodak, **meta)
-        click.echo(f"{measure.name}: {point['bpp']:.4f} bpp, {point['psnr']:.2f} dB PSNR, MS-SSIM {point['ms_ssim']:.4f} over {point['images']} images")
-    click.echo(f"wrote {info.path} (sha256 {info.sha256})")
+        points = ev.mean_curve(measured)[name]
+        kodak = [{"bpp": p["bpp"], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"], "images": p["images"], "set": measure.name} for p in points]
+        infos = export(state["model"], config, output, base=base, kodak=kodak, **meta)
+        for p in points:
+            click.echo(f"{measure.name} q{p['quality']:g}: {p['bpp']:.4f} bpp, {p['psnr']:.2f} dB PSNR, MS-SSIM {p['ms_ssim']:.4f} over {p['images']} images")
+    click.echo(f"wrote {infos[0].path} ({len(infos)} qualities, sha256 {infos[0].sha256})")
 
 
 if __name__ == "__main__":  # pragma: no cover

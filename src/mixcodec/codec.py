@@ -9,7 +9,7 @@ dropped when fully opaque and refused otherwise (flatten it first).
 
 from __future__ import annotations
 
-from functools import lru_cache
+import weakref
 
 import numpy as np
 import torch
@@ -64,46 +64,51 @@ def _pad(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-@lru_cache(maxsize=8)
-def _entropy_path(info: ModelInfo) -> context_coding.EntropyPath:
-    """The integer entropy-parameter path of an installed model (weight files do not change)."""
-    return context_coding.EntropyPath(load_model(info))
+_ENTROPY_PATHS: "weakref.WeakKeyDictionary[ContextMixtureModel, context_coding.EntropyPath]" = weakref.WeakKeyDictionary()
 
 
-def quantize_latents(model: ContextMixtureModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ŷ, ẑ)`` of a padded image ``(1, 3, H, W)`` in ``[0, 1]``: the values a file stores."""
+def _entropy_path(net: ContextMixtureModel) -> context_coding.EntropyPath:
+    """The integer entropy-parameter path of a loaded model (built once; the same for all its qualities)."""
+    if net not in _ENTROPY_PATHS:
+        _ENTROPY_PATHS[net] = context_coding.EntropyPath(net)
+    return _ENTROPY_PATHS[net]
+
+
+def quantize_latents(model: ContextMixtureModel, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ŷ, ẑ)`` of a padded image ``(1, 3, H, W)`` in ``[0, 1]`` at ``quality``: the values a file stores."""
     with torch.no_grad():
-        y = model.analyse(x.contiguous(memory_format=torch.channels_last))
+        y = model.analyse(x.contiguous(memory_format=torch.channels_last), quality)
         z = model.h_a(y)
         medians = model.prior.medians.view(1, -1, 1, 1)
         z_hat = torch.round(z - medians).clamp(LATENT_MIN, LATENT_MAX) + medians
         return torch.round(y), z_hat
 
 
-def reconstruct(model: ContextMixtureModel, y_hat: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """Synthesize ``ŷ`` and crop to ``height x width``: HxWx3 uint8."""
+def reconstruct(model: ContextMixtureModel, y_hat: torch.Tensor, quality: float, height: int, width: int) -> np.ndarray:
+    """Synthesize ``ŷ`` of ``quality`` and crop to ``height x width``: HxWx3 uint8."""
     with torch.no_grad():
-        x_hat = model.g_s(y_hat.contiguous(memory_format=torch.channels_last))[0, :, :height, :width].clamp(0, 1)
+        x_hat = model.synthesize(y_hat.contiguous(memory_format=torch.channels_last), quality)[0, :, :height, :width].clamp(0, 1)
     return (x_hat * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def compress(
-    image: Image.Image | np.ndarray, model: str | ModelInfo = DEFAULT_MODEL, quality: int | None = None, schedule: str = "wavefront"
+    image: Image.Image | np.ndarray, model: str | ModelInfo = DEFAULT_MODEL, quality: float | None = None, schedule: str = "wavefront"
 ) -> bytes:
     """Compress an image into the bytes of a ``.mxc`` file.
 
     Args:
         image: PIL image (converted by the module's rule) or HxWx3 uint8 array.
         model: installed model name, path of a weight file, or a :class:`ModelInfo`.
-        quality: quality index of the model (default: the model's middle quality).
+        quality: from 1 to the model's number of trained levels; fractional values lie
+            between two levels (default: the middle level).  Ignored for a :class:`ModelInfo`.
         schedule: context decoding order, ``"wavefront"`` (fast) or ``"raster"``.
     """
     info = model if isinstance(model, ModelInfo) else find_model(model, quality)
     array, mode = to_rgb_array(image)
     net = load_model(info)
     x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
-    y_hat, z_hat = quantize_latents(net, _pad(x))
-    z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule, _entropy_path(info))
+    y_hat, z_hat = quantize_latents(net, _pad(x), info.quality)
+    z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule, _entropy_path(net))
     header = bitstream.Header(
         model=info.name, quality=info.quality, digest=info.digest, height=array.shape[0], width=array.shape[1],
         mode=mode, schedule=schedule, active=active, channels=info.config.n,
@@ -117,10 +122,12 @@ def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstre
     info = model or find_model(header.model, header.quality, header.digest)
     if info.digest != header.digest or info.config.n != header.channels:
         raise bitstream.FormatError(f"the file was written with other weights than {info.path.name}")
+    if not 1 <= header.quality <= info.config.qualities:
+        raise bitstream.FormatError(f"quality {header.quality:g} is outside the 1..{info.config.qualities} of {info.name}")
     net = load_model(info)
     padded = (header.height + (-header.height % PAD_MULTIPLE), header.width + (-header.width % PAD_MULTIPLE))
     latent_size = (padded[0] // 16, padded[1] // 16)
-    y_hat = context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, _entropy_path(info))
+    y_hat = context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, _entropy_path(net))
     return header, net, y_hat
 
 
@@ -132,6 +139,6 @@ def decompress(data: bytes, model: ModelInfo | None = None) -> Image.Image:
         ModelNotFound: the model that wrote it is not installed.
     """
     header, net, y_hat = decode_latents(data, model)
-    array = reconstruct(net, y_hat, header.height, header.width)
+    array = reconstruct(net, y_hat, header.quality, header.height, header.width)
     image = Image.fromarray(array, "RGB")
     return image.convert("L") if header.mode == "L" else image

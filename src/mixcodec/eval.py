@@ -140,7 +140,7 @@ def missing_tools(name: str) -> str | None:
 
 
 def learned_codec(infos: list[ModelInfo]) -> CodecUnderTest:
-    """Our models (one quality per weight file) as a codec."""
+    """Qualities of one of our models (:func:`~.models.registry.read_infos`) as a codec."""
     by_quality = {float(i.quality): i for i in infos}
 
     def encode(array: np.ndarray, quality: float) -> bytes:

@@ -11,34 +11,40 @@ from torch import Tensor
 METRICS = ("mse", "ms-ssim")
 
 
-def bits_per_pixel(likelihoods: dict[str, Tensor], num_pixels: int) -> Tensor:
-    """Total ``-log2`` likelihood of ``y`` and ``z`` divided by the number of pixels."""
-    return sum(-torch.log2(likelihoods[k]).sum() for k in ("y", "z")) / num_pixels
+def bits_per_image(likelihoods: dict[str, Tensor]) -> Tensor:
+    """``-log2`` likelihood of ``y`` and ``z``, summed per image: ``(B,)`` bits."""
+    return sum(-torch.log2(likelihoods[k]).flatten(1).sum(1) for k in ("y", "z"))
 
 
-def rate_distortion_loss(output: dict[str, Tensor], target: Tensor, lmbda: float, metric: str) -> dict[str, Tensor]:
-    """``λ·255²·MSE + bpp`` (metric ``mse``) or ``λ·(1 - MS-SSIM) + bpp`` (``ms-ssim``).
+def rate_distortion_loss(
+    output: dict[str, Tensor], target: Tensor, lmbda: float | Tensor, metric: str, weight: float | Tensor = 1.0
+) -> dict[str, Tensor]:
+    """Weighted mean over the images of ``λ·255²·MSE + bpp`` (metric ``mse``) or ``λ·(1 - MS-SSIM) + bpp`` (``ms-ssim``).
 
     Args:
         output: model output with ``x_hat`` and likelihoods ``y``, ``z``.
         target: images in ``[0, 1]``, ``(B, 3, H, W)``.
+        lmbda: one λ, or one per image ``(B,)`` (a variable-rate model trained at several qualities).
+        weight: a factor per image (``(B,)``) or for all; a constant factor does not move the
+            optimum of one λ, but balances the gradients of parameters shared by several λ.
     Returns:
-        ``loss``, ``bpp``, ``mse`` and ``psnr`` (dB, on [0, 1] images) as scalars,
-        plus ``ms_ssim`` for the MS-SSIM objective.
+        ``loss`` (scalar); ``bpp``, ``mse``, ``psnr`` (dB, on [0, 1] images) per image ``(B,)``,
+        plus ``ms_ssim`` per image for the MS-SSIM objective.
     """
     b, _, h, w = target.shape
     x_hat = output["x_hat"].float()
-    bpp = bits_per_pixel(output, b * h * w)
-    mse = torch.mean((x_hat - target) ** 2)
+    bpp = bits_per_image(output) / (h * w)
+    mse = ((x_hat - target) ** 2).flatten(1).mean(1)
     result = {"bpp": bpp, "mse": mse, "psnr": -10 * torch.log10(mse.detach().clamp_min(1e-10))}
+    lmbda = torch.as_tensor(lmbda, dtype=torch.float32).expand(b)
     if metric == "mse":
-        result["loss"] = lmbda * 255**2 * mse + bpp
+        distortion = 255**2 * mse
     elif metric == "ms-ssim":
-        score = ms_ssim(x_hat.clamp(0, 1), target, data_range=1.0)
-        result["ms_ssim"] = score
-        result["loss"] = lmbda * (1 - score) + bpp
+        result["ms_ssim"] = ms_ssim(x_hat.clamp(0, 1), target, data_range=1.0, size_average=False)
+        distortion = 1 - result["ms_ssim"]
     else:
         raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
+    result["loss"] = (torch.as_tensor(weight, dtype=torch.float32) * (lmbda * distortion + bpp)).mean()
     return result
 
 

@@ -1,9 +1,12 @@
 """Training loop: random crops of a folder of images, main + aux optimizers, checkpoints.
 
-Run ``mixcodec train --preset cpu-gllmm-n64 --lmbda 0.0067 --out runs/q3`` (see
-``presets/`` for every hyperparameter).  Checkpoints (``last.pt``) hold model,
-optimizers, step and config, and are written atomically every
-``checkpoint_minutes``; ``--resume`` continues from one.
+Run ``mixcodec train --preset cpu-gllmm-n64 --out runs/gllmm`` (see ``presets/``
+for every hyperparameter).  A preset names a ladder of λ values: the model gets
+one quality level per λ (:class:`~.models.context_model.QualityGains`) and every
+crop of a batch is trained at a quality drawn uniformly, with that quality's λ.
+Checkpoints (``last.pt``) hold model, optimizers, step and config, and are written
+atomically every ``checkpoint_minutes`` and when the run stops; ``--resume``
+continues from one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import dataclasses
 import math
 import os
 import random
+import signal
+import threading
 import time
 import tomllib
 from dataclasses import dataclass
@@ -37,15 +42,19 @@ class TrainConfig:
     architecture: str = "gllmm"
     n: int = 128
     family: str = ""  # empty: the architecture's own family
-    hidden: list[int] = dataclasses.field(default_factory=list)  # empty: the architecture's widths
+    hidden: list[int] = dataclasses.field(default_factory=list)  # empty: the architecture's widths, scaled by n
     metric: str = "mse"
-    lmbda: float = 0.0067
+    lmbdas: list[float] = dataclasses.field(default_factory=lambda: [0.0067])  # one quality level per λ, ascending
+    # loss of a crop at level q times sqrt(median λ / λ_q): the losses at high λ are much larger, and
+    # without this they dominate the gradients of the parameters shared by all levels
+    balance_levels: bool = False
     crop: int = 256
     batch: int = 8
     steps: int = 1_500_000
     lr: float = 1e-4
     lr_final: float = 1e-5
     lr_drop_at: float = 0.9  # fraction of ``steps`` after which ``lr_final`` is used
+    warmup_steps: int = 0  # lr rises linearly from 0 over the first steps of a run with a fresh optimizer (``--init``)
     aux_lr: float = 1e-3
     clip_norm: float = 1.0
     bf16: bool = False
@@ -67,10 +76,15 @@ class TrainConfig:
             raise ValueError("MS-SSIM training needs crops of at least 161 px (5 scales)")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if not self.lmbdas or sorted(self.lmbdas) != list(self.lmbdas) or min(self.lmbdas) <= 0:
+            raise ValueError(f"lmbdas must be positive and ascending (one per quality level), got {self.lmbdas}")
 
     def model_config(self) -> ModelConfig:
         base = ARCHITECTURES[self.architecture]
-        return dataclasses.replace(base, n=self.n, family=self.family or base.family, hidden=tuple(self.hidden) or base.hidden)
+        return dataclasses.replace(
+            base, n=self.n, family=self.family or base.family, qualities=len(self.lmbdas),
+            hidden=tuple(self.hidden) or tuple(width * self.n // base.n for width in base.hidden),  # the paper's widths scale with N
+        )
 
 
 def load_preset(name_or_path: str) -> TrainConfig:
@@ -153,7 +167,10 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr if step < cfg.lr_drop_at * cfg.steps else cfg.lr_final
+    """``lr`` (after a linear warm-up over ``warmup_steps``), then ``lr_final`` from ``lr_drop_at · steps``."""
+    if step >= cfg.lr_drop_at * cfg.steps:
+        return cfg.lr_final
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
 
 def initial_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -164,6 +181,16 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
         return {k: v.float() for k, v in read_tensors(path).items() if not k.startswith(TABLES_PREFIX)}
     state = torch.load(path, map_location="cpu", weights_only=True)
     return state["model"] if "model" in state else state
+
+
+def load_matching(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Copy the tensors of ``weights`` whose names and shapes match into ``model``;
+    returns the names of the model's tensors left as they were (e.g. a resized
+    entropy-parameter network, or gains of another number of quality levels)."""
+    own = model.state_dict()
+    matching = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matching, strict=False)
+    return sorted(set(own) - set(matching))
 
 
 def _distributed_setup() -> tuple[int, int, torch.device]:
@@ -192,7 +219,8 @@ def train(
 
     Launched with ``torchrun --nproc_per_node K`` the same call trains with
     DistributedDataParallel (``batch`` crops per process; rank 0 logs and saves).
-    ``max_minutes`` stops early (with a checkpoint), e.g. to fit a time slot.
+    ``max_minutes`` stops early (with a checkpoint), e.g. to fit a time slot; so does
+    SIGTERM or SIGINT (Ctrl-C), after the step under way.
     """
     rank, world, device = _distributed_setup()
     out.mkdir(parents=True, exist_ok=True)
@@ -200,6 +228,7 @@ def train(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = ContextMixtureModel(cfg.model_config())
+    model.gains.init_from_lmbdas(cfg.lmbdas)
     aux_params = [model.prior.quantiles]
     frozen = tuple(cfg.freeze)
     for name, p in model.named_parameters():
@@ -216,7 +245,9 @@ def train(
         aux_optimizer.load_state_dict(state["aux_optimizer"])
         step = state["step"]
     elif init is not None:
-        model.load_state_dict(initial_weights(Path(init)))
+        fresh = load_matching(model, initial_weights(Path(init)))
+        if fresh and rank == 0:
+            print(f"--init {init}: not in it (or of another shape), left at their initialization: {', '.join(fresh)}")
     model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -228,11 +259,15 @@ def train(
     dataset = CropDataset(data, cfg.crop, cfg.min_downscale, cfg.batch, seed=cfg.seed + 7919 * rank + step)
     batches = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers, persistent_workers=cfg.workers > 0))
     val_images = (list_images(val)[: cfg.val_images or None] if val is not None else []) if rank == 0 else []
-    log = _Log(out / "log.csv") if rank == 0 else None
+    log = _Log(out / "log.csv", len(cfg.lmbdas)) if rank == 0 else None
+    lmbdas = torch.tensor(cfg.lmbdas)
+    level_weights = (lmbdas.median() / lmbdas).sqrt() if cfg.balance_levels else torch.ones_like(lmbdas)
+    levels = torch.Generator().manual_seed(cfg.seed + 7919 * rank + step)  # like the crops: per process, new after a resume
     if rank == 0:
         (out / "config.toml").write_text(to_toml(cfg))
     last_save = start = time.monotonic()
-    sums: dict[str, float] = {}
+    sums = _RunningMeans(len(cfg.lmbdas))
+    stop = _StopRequest()
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, dynamic_ncols=True, mininterval=5, disable=rank != 0)
     while step < cfg.steps:
@@ -242,9 +277,10 @@ def train(
         x = next(batches).to(device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        level = torch.randint(len(cfg.lmbdas), (x.shape[0],), generator=levels)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            output = network(x)
-        result = rate_distortion_loss(output, x, cfg.lmbda, cfg.metric)
+            output = network(x, quality=(level + 1).to(device))
+        result = rate_distortion_loss(output, x, lmbdas[level].to(device), cfg.metric, level_weights[level].to(device))
         optimizer.zero_grad(set_to_none=True)
         result["loss"].backward()
         if cfg.clip_norm > 0:
@@ -257,17 +293,15 @@ def train(
         step += 1
         if not math.isfinite(float(result["loss"].detach())):
             raise FloatingPointError(f"non-finite loss at step {step}")
-        for key in ("loss", "bpp", "psnr"):
-            sums[key] = sums.get(key, 0.0) + float(result[key].detach())
-        sums["count"] = sums.get("count", 0) + 1
+        sums.add(result, level)
         if step % cfg.log_every == 0:
-            means = {k: v / sums["count"] for k, v in sums.items()}
+            means = sums.means()
             if log:
                 log.write(step, time.monotonic() - start, lr, means, float(aux.detach()))
             bar.set_postfix(loss=f"{means['loss']:.4f}", bpp=f"{means['bpp']:.3f}", psnr=f"{means['psnr']:.2f}")
-            sums.clear()
+            sums = _RunningMeans(len(cfg.lmbdas))
         bar.update(1)
-        out_of_time = max_minutes is not None and time.monotonic() - start > max_minutes * 60
+        out_of_time = (max_minutes is not None and time.monotonic() - start > max_minutes * 60) or stop.agreed(world)
         if rank == 0 and (time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps or out_of_time):
             state = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
@@ -275,12 +309,14 @@ def train(
             }
             _atomic_save(state, ckpt_path)
             last_save = time.monotonic()
-        if val_images and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps or out_of_time):
-            result = validate(model, cfg, val_images, out, step)
-            bar.write(f"step {step}: {val.name} {result['bpp']:.4f} bpp, {result['psnr']:.2f} dB, MS-SSIM {result['ms_ssim']:.4f} (real files)")
+        if val_images and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps or (out_of_time and not stop.requested)):
+            points = validate(model, cfg, val_images, out, step)
+            summary = ", ".join(f"q{r['quality']} {r['bpp']:.3f} bpp {r['psnr']:.2f} dB" for r in points)
+            bar.write(f"step {step}: {val.name} (real files): {summary}")
         if out_of_time:
             break
     bar.close()
+    stop.restore()
     if world > 1:
         torch.distributed.destroy_process_group()
     return model
@@ -302,37 +338,89 @@ class CropDataset(torch.utils.data.IterableDataset):
             yield sampler.sample(self.batch)
 
 
-def validate(model: ContextMixtureModel, cfg: TrainConfig, images: list[Path], out: Path, step: int) -> dict[str, float]:
+def validate(model: ContextMixtureModel, cfg: TrainConfig, images: list[Path], out: Path, step: int) -> list[dict[str, float]]:
     """Real-file bpp, PSNR-RGB and MS-SSIM of the current weights (exported as they would
-    be shipped, fp16) on ``images``; appended to ``out/val.csv``."""
+    be shipped, fp16) on ``images`` at every quality; appended to ``out/val.csv``."""
     from . import eval as ev
     from .models.registry import export
 
-    info = export(model.state_dict(), model.config, out / "val.safetensors", name="val", quality=0, lmbda=cfg.lmbda, metric=cfg.metric)
-    point = ev.mean_curve(ev.evaluate(ev.learned_codec([info]), images))["val"][0]
-    result = {"step": step, "bpp": point["bpp"], "psnr": point["psnr"], "ms_ssim": point["ms_ssim"]}
+    infos = export(model.state_dict(), model.config, out / "val.safetensors", name="val", lmbdas=cfg.lmbdas, metric=cfg.metric)
+    points = ev.mean_curve(ev.evaluate(ev.learned_codec(infos), images))["val"]
+    results = [{"step": step, "quality": int(p["quality"]), "bpp": p["bpp"], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"]} for p in points]
     path = out / "val.csv"
     new = not path.exists()
     with path.open("a", newline="") as handle:
         writer = csv.writer(handle)
         if new:
-            writer.writerow(list(result))
-        writer.writerow([step, *(round(result[k], 5) for k in ("bpp", "psnr", "ms_ssim"))])
-    return result
+            writer.writerow(list(results[0]))
+        for r in results:
+            writer.writerow([step, r["quality"], *(round(r[k], 5) for k in ("bpp", "psnr", "ms_ssim"))])
+    return results
+
+
+class _StopRequest:
+    """SIGTERM / SIGINT (Ctrl-C) during training: finish the step, write the checkpoint, return."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._request)
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def agreed(self, world: int) -> bool:
+        """Whether any process was asked to stop (all of them stop after the same step)."""
+        if world == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class _RunningMeans:
+    """Means of the loss and, per quality level, of bpp and PSNR since the last log line."""
+
+    def __init__(self, levels: int):
+        self.loss, self.steps = 0.0, 0
+        self.sums = torch.zeros(2, levels, dtype=torch.float64)  # bpp, psnr
+        self.counts = torch.zeros(levels, dtype=torch.float64)
+
+    def add(self, result: dict[str, torch.Tensor], level: torch.Tensor) -> None:
+        self.loss += float(result["loss"].detach())
+        self.steps += 1
+        values = torch.stack([result["bpp"].detach(), result["psnr"].detach()]).double().cpu()
+        self.sums.index_add_(1, level, values)
+        self.counts += torch.bincount(level, minlength=len(self.counts))
+
+    def means(self) -> dict[str, float]:
+        """``loss``, ``bpp``, ``psnr`` (over all crops) and ``bpp_q{i}``, ``psnr_q{i}`` (nan for unseen levels)."""
+        per_level = self.sums / self.counts
+        total = self.sums.sum(1) / self.counts.sum()
+        result = {"loss": self.loss / self.steps, "bpp": float(total[0]), "psnr": float(total[1])}
+        if len(self.counts) > 1:
+            for i in range(len(self.counts)):
+                result[f"bpp_q{i + 1}"], result[f"psnr_q{i + 1}"] = float(per_level[0, i]), float(per_level[1, i])
+        return result
 
 
 class _Log:
-    """Append-only CSV training log."""
+    """Append-only CSV training log (per-quality columns for a model of several quality levels)."""
 
-    COLUMNS = ["step", "time_s", "lr", "loss", "bpp", "psnr", "aux"]
-
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, levels: int):
+        self.columns = ["loss", "bpp", "psnr"] + ([f"{k}_q{i + 1}" for i in range(levels) for k in ("bpp", "psnr")] if levels > 1 else [])
         new = not path.exists()
         self.handle = path.open("a", newline="")
         self.writer = csv.writer(self.handle)
         if new:
-            self.writer.writerow(self.COLUMNS)
+            self.writer.writerow(["step", "time_s", "lr", *self.columns, "aux"])
 
     def write(self, step: int, seconds: float, lr: float, means: dict[str, float], aux: float) -> None:
-        self.writer.writerow([step, round(seconds, 1), lr, *(round(means[k], 5) for k in ("loss", "bpp", "psnr")), round(aux, 3)])
+        self.writer.writerow([step, round(seconds, 1), lr, *(round(means[k], 5) for k in self.columns), round(aux, 3)])
         self.handle.flush()

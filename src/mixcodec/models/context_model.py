@@ -1,10 +1,16 @@
 """The joint autoregressive + hyperprior model shared by ``cheng2020-gmm`` and ``gllmm``.
 
-``y = g_a(x)`` is clipped to ``[-255, 256]`` and rounded to ``ŷ``; ``z = h_a(y)``
-is coded with a factorized prior; the distribution of each element of ``ŷ`` is a
-discretized mixture whose parameters come from the entropy-parameter network
-applied to ``[h_s(ẑ), context(ŷ)]``, where ``context`` is a 5x5 type-A masked
-convolution.
+``y = g_a(x) · gain_q`` is clipped to ``[-255, 256]`` and rounded to ``ŷ``;
+``z = h_a(y)`` is coded with a factorized prior; the distribution of each element
+of ``ŷ`` is a discretized mixture whose parameters come from the entropy-parameter
+network applied to ``[h_s(ẑ), context(ŷ)]``, where ``context`` is a 5x5 type-A
+masked convolution; the image is ``g_s(ŷ · inverse_gain_q)``.
+
+``gain_q`` and ``inverse_gain_q`` are learned per-channel vectors, one pair per
+quality level ``q`` (Cui et al. 2021, "gain units"): one model is trained for a
+ladder of λ values and codes at any of them (or between two neighbours, by
+geometric interpolation).  Everything the entropy coder sees (``ŷ``, ``ẑ`` and the
+entropy-parameter path) is the same for every quality; only the two gains change.
 """
 
 from __future__ import annotations
@@ -41,12 +47,14 @@ class ModelConfig:
         family: entropy family name, a key of :data:`ENTROPY_FAMILIES`.
         n: channels of the transforms and of the latent ``y``.
         hidden: widths of the two hidden 1x1 layers of the entropy-parameter network.
+        qualities: number of quality levels (pairs of gain vectors), 1 for a single-rate model.
     """
 
     backbone: str = "crm"
     family: str = "gllmm"
     n: int = 128
     hidden: tuple[int, int] = (640, 1280)
+    qualities: int = 1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -63,6 +71,45 @@ ARCHITECTURES: dict[str, ModelConfig] = {
     "cheng2020-gmm": ModelConfig(backbone="residual", family="gmm", n=128, hidden=(640, 640)),
     "gllmm": ModelConfig(backbone="crm", family="gllmm", n=128, hidden=(640, 1280)),
 }
+
+
+#: Qualities are multiples of ``1 / QUALITY_RESOLUTION`` (the unit of the ``.mxc`` header field).
+QUALITY_RESOLUTION = 256
+
+
+class QualityGains(nn.Module):
+    """Per-quality channel gains of the latent (Cui et al. 2021).
+
+    Quality ``q`` is a real number in ``[1, Q]``; integer ``q`` selects row ``q - 1``
+    of the log-gain tables, other values interpolate the two neighbouring rows
+    linearly in the log domain (geometric interpolation of the gains).
+    """
+
+    def __init__(self, qualities: int, channels: int):
+        super().__init__()
+        self.qualities = qualities
+        self.log_gain = nn.Parameter(torch.zeros(qualities, channels))
+        self.log_inverse_gain = nn.Parameter(torch.zeros(qualities, channels))
+
+    def init_from_lmbdas(self, lmbdas: list[float]) -> None:
+        """Start from gains ``sqrt(λ_q / median λ)``: the step a uniform quantizer would
+        need for the trade-off ``λ·D + R`` at high rate (``D ∝ step²``)."""
+        log_ratio = 0.5 * torch.log(torch.tensor(lmbdas) / float(torch.tensor(lmbdas).median()))
+        with torch.no_grad():
+            self.log_gain.copy_(log_ratio[:, None].expand_as(self.log_gain))
+            self.log_inverse_gain.copy_(-self.log_gain)
+
+    def forward(self, quality: Tensor) -> tuple[Tensor, Tensor]:
+        """``(gain, inverse_gain)`` of shape ``(B, C, 1, 1)`` for qualities ``(B,)``."""
+        position = quality.float().clamp(1, self.qualities) - 1
+        low = position.floor().long().clamp(max=max(self.qualities - 2, 0))
+        high = (low + 1).clamp(max=self.qualities - 1)
+        t = (position - low)[:, None]
+
+        def interpolate(table: Tensor) -> Tensor:
+            return torch.exp(torch.lerp(table[low], table[high], t))[:, :, None, None]
+
+        return interpolate(self.log_gain), interpolate(self.log_inverse_gain)
 
 
 def ste_round(x: Tensor) -> Tensor:
@@ -88,23 +135,36 @@ class ContextMixtureModel(nn.Module):
             conv1x1(4 * n, h1), nn.LeakyReLU(), conv1x1(h1, h2), nn.LeakyReLU(), conv1x1(h2, self.spec.params_per_channel * n)
         )
         self.prior = FactorizedPrior(n)
+        self.gains = QualityGains(config.qualities, n)
 
-    def analyse(self, x: Tensor) -> Tensor:
-        """Image in ``[0, 1]`` ``(B, 3, H, W)`` (H, W multiples of 64) -> clipped latent ``y``."""
-        return self.g_a(x).float().clamp(LATENT_MIN, LATENT_MAX)
+    def _qualities(self, quality: Tensor | float | None, batch: int) -> Tensor:
+        """Qualities as a ``(batch,)`` tensor (``None``: quality 1)."""
+        return torch.as_tensor(1.0 if quality is None else quality, dtype=torch.float32).expand(batch)
 
-    def forward(self, x: Tensor, noise: bool = True) -> dict[str, Tensor]:
+    def analyse(self, x: Tensor, quality: Tensor | float | None = None) -> Tensor:
+        """Image in ``[0, 1]`` ``(B, 3, H, W)`` (H, W multiples of 64) -> clipped latent ``y``
+        of quality ``quality`` (a number in ``[1, Q]``, or one per image)."""
+        gain, _ = self.gains(self._qualities(quality, x.shape[0]))
+        return (self.g_a(x).float() * gain).clamp(LATENT_MIN, LATENT_MAX)
+
+    def synthesize(self, y_hat: Tensor, quality: Tensor | float | None = None) -> Tensor:
+        """Quantized latent ``(B, n, h, w)`` of quality ``quality`` -> image ``(B, 3, 16h, 16w)`` (unclamped)."""
+        _, inverse_gain = self.gains(self._qualities(quality, y_hat.shape[0]))
+        return self.g_s(y_hat * inverse_gain)
+
+    def forward(self, x: Tensor, quality: Tensor | float | None = None, noise: bool = True) -> dict[str, Tensor]:
         """Training/evaluation pass.
 
         Args:
             x: images in ``[0, 1]``, ``(B, 3, H, W)`` with H, W multiples of 64.
+            quality: quality level in ``[1, Q]``, one for all images or a ``(B,)`` tensor.
             noise: additive uniform noise for the likelihoods (training); when False
                 latents are rounded, which gives the model's own rate estimate of a file.
         Returns:
             ``x_hat`` ``(B, 3, H, W)`` (float32, unclamped) and the likelihoods
             ``y`` ``(B, n, H/16, W/16)`` and ``z`` ``(B, n, H/64, W/64)``.
         """
-        y = self.analyse(x)
+        y = self.analyse(x, quality)
         z = self.h_a(y).float()
         z_hat = self.prior.quantize(z, noise=noise)
         z_likelihood = self.prior.likelihood(z_hat)
@@ -114,7 +174,7 @@ class ContextMixtureModel(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             params = split_params(self.spec, raw.float())
             y_likelihood = mixture_likelihood(self.spec, y_coded, params)
-        x_hat = self.g_s(ste_round(y) if noise else torch.round(y)).float()
+        x_hat = self.synthesize(ste_round(y) if noise else torch.round(y), quality).float()
         return {"x_hat": x_hat, "y": y_likelihood, "z": z_likelihood}
 
     def aux_loss(self) -> Tensor:
