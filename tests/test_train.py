@@ -224,7 +224,7 @@ def test_loss_weights_each_image_with_its_lambda_and_weight():
     target = torch.rand(3, 3, 16, 16)
     output = {"x_hat": target + 0.1 * torch.randn_like(target), "y": torch.rand(3, 4, 1, 1) * 0.9 + 0.05, "z": torch.full((3, 4, 1, 1), 0.5)}
     lmbdas, weights = torch.tensor([0.001, 0.01, 0.1]), torch.tensor([2.0, 1.0, 0.5])
-    each = [rate_distortion_loss({k: v[i : i + 1] for k, v in output.items()}, target[i : i + 1], lmbdas[i], "mse")["loss"] for i in range(3)]
+    each = [rate_distortion_loss({k: v[i : i + 1] for k, v in output.items()}, target[i : i + 1], lmbdas[i], "mse")["loss"].item() for i in range(3)]
     got = rate_distortion_loss(output, target, lmbdas, "mse", weights)
     assert got["loss"].item() == pytest.approx(sum(w * l for w, l in zip(weights.tolist(), each)) / 3, rel=1e-6)
     assert got["bpp"].shape == (3,) and got["bpp"][0].item() == pytest.approx(-torch.log2(output["y"][0]).sum().item() / 256 + 4 / 256)
