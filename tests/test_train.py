@@ -79,13 +79,13 @@ def test_train_resume_and_export(tmp_path):
     assert tuned.config == info.config
 
 
-def test_workers_and_validation_on_real_files(tmp_path):
+def test_workers_validation_on_real_files_and_tensorboard(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     for i in range(2):
         Image.fromarray(smooth_image(80, 90, seed=i)).save(data / f"{i}.png")
     cmd = [sys.executable, "-m", "mixcodec.cli", "train", "--preset", str(tmp_path / "p.toml"), "--data", str(data), "--out", str(tmp_path / "run"),
-           "--val", str(data), "--val-every", "2", "--workers", "2"]
+           "--val", str(data), "--val-every", "2", "--workers", "2", "--tensorboard"]
     (tmp_path / "p.toml").write_text(to_toml(tiny_config(steps=3, val_images=1)))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -93,6 +93,16 @@ def test_workers_and_validation_on_real_files(tmp_path):
     assert val[0] == "step,quality,bpp,psnr,ms_ssim" and [line.split(",")[:2] for line in val[1:]] == [["2", "1"], ["2", "2"], ["3", "1"], ["3", "2"]]
     assert all(float(line.split(",")[2]) > 0 and float(line.split(",")[3]) > 0 for line in val[1:])
     assert "(real files)" in proc.stdout
+    # the TensorBoard scalars are those of the CSV files
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    board.Reload()
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    psnr_q2 = board.Scalars("val/psnr_q2")
+    assert [e.step for e in psnr_q2] == [2, 3] and psnr_q2[-1].value == pytest.approx(float(val[-1].split(",")[3]), abs=1e-4)
+    assert [e.step for e in board.Scalars("train/loss")] == [1, 2, 3]
+    assert board.Scalars("train/loss")[-1].value == pytest.approx(float(log[-1].split(",")[3]), abs=1e-4)
 
 
 def test_frozen_modules_are_shared_with_the_base_weight_file(tmp_path):

@@ -383,11 +383,16 @@ def sample_command(output: Path, force: bool) -> None:
               help="Validation images (e.g. Kodak), coded to real files every --val-every steps and at the end (OUT/val.csv).")
 @click.option("--val-every", type=int, help="Override the preset's steps between validations.")
 @click.option("--workers", type=int, help="Override the preset's number of DataLoader workers.")
-def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, minutes, val, val_every, workers) -> None:
+@click.option("--tensorboard", is_flag=True, help="Also write the log and validation results as TensorBoard scalars (OUT/tensorboard).")
+def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, minutes, val, val_every, workers, tensorboard) -> None:
     """Train a model (see the presets for every hyperparameter)."""
     import dataclasses
+    import importlib.util
 
     from .train import load_preset, train
+
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise BadInput("--tensorboard needs the tensorboard package: pip install 'mixcodec[tensorboard]'")
 
     cfg = load_preset(preset)
     try:
@@ -396,7 +401,7 @@ def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, mi
         raise BadInput(f"--lmbda takes comma-separated numbers, got {lmbdas!r}") from None
     overrides = {"lmbdas": lmbdas, "metric": metric, "steps": steps, "lr": lr, "val_every": val_every, "workers": workers}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    train(cfg, data, out, resume=resume, init=init, max_minutes=minutes, val=val)
+    train(cfg, data, out, resume=resume, init=init, max_minutes=minutes, val=val, tensorboard=tensorboard)
 
 
 @main.command("export")

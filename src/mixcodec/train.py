@@ -210,12 +210,14 @@ def _distributed_setup() -> tuple[int, int, torch.device]:
 
 def train(
     cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: Path | None = None, max_minutes: float | None = None,
-    val: Path | None = None,
+    val: Path | None = None, tensorboard: bool = False,
 ) -> ContextMixtureModel:
     """Train (or continue) a model; returns it after writing ``out/last.pt``.
 
     ``val``: a folder of images (e.g. Kodak) coded to real files every ``cfg.val_every``
     steps and at the end (first ``cfg.val_images``); results in ``out/val.csv``.
+    ``tensorboard``: also write the log lines and validation results as TensorBoard
+    scalars under ``out/tensorboard`` (needs the ``tensorboard`` package).
 
     Launched with ``torchrun --nproc_per_node K`` the same call trains with
     DistributedDataParallel (``batch`` crops per process; rank 0 logs and saves).
@@ -259,7 +261,7 @@ def train(
     dataset = CropDataset(data, cfg.crop, cfg.min_downscale, cfg.batch, seed=cfg.seed + 7919 * rank + step)
     batches = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers, persistent_workers=cfg.workers > 0))
     val_images = (list_images(val)[: cfg.val_images or None] if val is not None else []) if rank == 0 else []
-    log = _Log(out / "log.csv", len(cfg.lmbdas)) if rank == 0 else None
+    log = _Log(out / "log.csv", len(cfg.lmbdas), out / "tensorboard" if tensorboard else None) if rank == 0 else None
     lmbdas = torch.tensor(cfg.lmbdas)
     level_weights = (lmbdas.median() / lmbdas).sqrt() if cfg.balance_levels else torch.ones_like(lmbdas)
     levels = torch.Generator().manual_seed(cfg.seed + 7919 * rank + step)  # like the crops: per process, new after a resume
@@ -311,12 +313,16 @@ def train(
             last_save = time.monotonic()
         if val_images and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps or (out_of_time and not stop.requested)):
             points = validate(model, cfg, val_images, out, step)
+            if log:
+                log.write_validation(step, points)
             summary = ", ".join(f"q{r['quality']} {r['bpp']:.3f} bpp {r['psnr']:.2f} dB" for r in points)
             bar.write(f"step {step}: {val.name} (real files): {summary}")
         if out_of_time:
             break
     bar.close()
     stop.restore()
+    if log:
+        log.close()
     if world > 1:
         torch.distributed.destroy_process_group()
     return model
@@ -411,16 +417,39 @@ class _RunningMeans:
 
 
 class _Log:
-    """Append-only CSV training log (per-quality columns for a model of several quality levels)."""
+    """Append-only CSV training log (per-quality columns for a model of several quality levels),
+    mirrored as TensorBoard scalars when ``tensorboard`` (a folder) is given: ``train/<column>``
+    per log line and ``val/{bpp,psnr,ms_ssim}_q<level>`` per validation."""
 
-    def __init__(self, path: Path, levels: int):
+    def __init__(self, path: Path, levels: int, tensorboard: Path | None = None):
         self.columns = ["loss", "bpp", "psnr"] + ([f"{k}_q{i + 1}" for i in range(levels) for k in ("bpp", "psnr")] if levels > 1 else [])
         new = not path.exists()
         self.handle = path.open("a", newline="")
         self.writer = csv.writer(self.handle)
         if new:
             self.writer.writerow(["step", "time_s", "lr", *self.columns, "aux"])
+        self.board = None
+        if tensorboard is not None:
+            from torch.utils.tensorboard import SummaryWriter  # needs the optional `tensorboard` package
+
+            self.board = SummaryWriter(str(tensorboard))
 
     def write(self, step: int, seconds: float, lr: float, means: dict[str, float], aux: float) -> None:
         self.writer.writerow([step, round(seconds, 1), lr, *(round(means[k], 5) for k in self.columns), round(aux, 3)])
         self.handle.flush()
+        if self.board:
+            for key, value in {"lr": lr, **{k: means[k] for k in self.columns}, "aux": aux}.items():
+                self.board.add_scalar(f"train/{key}", value, step)
+            self.board.flush()
+
+    def write_validation(self, step: int, points: list[dict[str, float]]) -> None:
+        if self.board:
+            for p in points:
+                for key in ("bpp", "psnr", "ms_ssim"):
+                    self.board.add_scalar(f"val/{key}_q{p['quality']}", p[key], step)
+            self.board.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.board:
+            self.board.close()
