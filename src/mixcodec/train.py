@@ -160,7 +160,8 @@ def to_toml(cfg: TrainConfig) -> str:
     return "".join(lines)
 
 
-def _atomic_save(obj, path: Path) -> None:
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename (a crash never leaves half a checkpoint)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -309,7 +310,7 @@ def train(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
                 "step": step, "config": model.config.to_json(), "train_config": dataclasses.asdict(cfg),
             }
-            _atomic_save(state, ckpt_path)
+            atomic_save(state, ckpt_path)
             last_save = time.monotonic()
         if val_images and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps or (out_of_time and not stop.requested)):
             points = validate(model, cfg, val_images, out, step)
