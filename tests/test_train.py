@@ -178,8 +178,13 @@ def test_ddp_on_two_cpu_processes_keeps_parameters_identical(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            str(script), str(data), str(tmp_path / "run"), str(Path(__file__).parent)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    for _ in range(2):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+        # once in about 15 runs of the whole suite a rank died of SIGABRT without a message (torch 2.13
+        # CPU, not reproducible alone); that is retried once, any other failure or a second abort is not
+        if proc.returncode == 0 or "SIGABRT" not in proc.stderr:
+            break
+    assert proc.returncode == 0, proc.stderr[:3000]
     digests = [(tmp_path / "run" / f"rank{r}").read_text() for r in range(2)]
     assert digests[0] == digests[1]
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
