@@ -445,7 +445,6 @@ def export_command(checkpoint, output, name, measure, rows, base, force) -> None
     click.echo(f"wrote {infos[0].path} ({len(infos)} qualities, sha256 {infos[0].sha256})")
 
 
-
 @main.command("refit")
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--data", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True), help="Training images (never the evaluation set).")
@@ -476,6 +475,7 @@ def refit_command(checkpoint, data, output, steps, crops, crop, lr, force) -> No
     click.echo(f"bits per latent element on the cached crops: {trace[0]:.4f} (first tenth) -> {trace[-1]:.4f} (last tenth)")
     atomic_save({**state, "model": model.state_dict(), "refit": {"steps": steps, "crops": crops, "crop": crop, "lr": lr, "bits": trace}}, output)
     click.echo(f"wrote {output}")
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
