@@ -12,17 +12,18 @@ from mixcodec.models.registry import ModelInfo, export
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """``tiny_model(backbone, family) -> ModelInfo`` of a small (N=8) random model."""
-    cache: dict[tuple[str, str], ModelInfo] = {}
+    """``tiny_model(backbone, family, m) -> ModelInfo`` of a small (N=8, M=m or 8) random model."""
+    cache: dict[tuple[str, str, int | None], ModelInfo] = {}
     folder = tmp_path_factory.mktemp("weights")
 
-    def make(backbone: str = "crm", family: str = "gllmm") -> ModelInfo:
-        key = (backbone, family)
+    def make(backbone: str = "crm", family: str = "gllmm", m: int | None = None) -> ModelInfo:
+        key = (backbone, family, m)
         if key not in cache:
             torch.manual_seed(len(cache))
-            config = ModelConfig(backbone=backbone, family=family, n=8, hidden=(24, 32))
+            config = ModelConfig(backbone=backbone, family=family, n=8, m=m, hidden=(24, 32))
             model = ContextMixtureModel(config)
-            (cache[key],) = export(model.state_dict(), config, folder / f"{backbone}-{family}.safetensors", name="tiny", lmbdas=[0.01])
+            path = folder / f"{backbone}-{family}-m{config.m}.safetensors"
+            (cache[key],) = export(model.state_dict(), config, path, name="tiny", lmbdas=[0.01])
         return cache[key]
 
     return make

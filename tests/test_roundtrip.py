@@ -35,6 +35,18 @@ def test_every_architecture_and_family_round_trips(tiny_model, backbone, family)
     np.testing.assert_array_equal(np.asarray(image), codec.reconstruct(net, y_encoded, info.quality, 65, 130))
 
 
+@pytest.mark.parametrize("m", [4, 12])
+def test_latent_channels_other_than_n_round_trip(tiny_model, m):
+    info = tiny_model(m=m)
+    array = smooth_image(70, 90, seed=6)
+    data = codec.compress(array, model=info)
+    header, net, y_decoded = codec.decode_latents(data, model=info)
+    y_encoded, _ = encoder_latents(info, array)
+    assert header.channels == m and y_encoded.shape[1] == m
+    assert torch.equal(y_decoded, y_encoded)
+    np.testing.assert_array_equal(np.asarray(codec.decompress(data, model=info)), codec.reconstruct(net, y_encoded, info.quality, 70, 90))
+
+
 @pytest.mark.parametrize("size", [(1, 1), (17, 33), (64, 64), (65, 130), (200, 97)])
 def test_sizes_round_trip_and_crop_exactly(tiny_model, size):
     info = tiny_model()

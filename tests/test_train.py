@@ -211,6 +211,30 @@ def test_init_from_a_model_of_another_shape_keeps_what_fits(tmp_path, capsys):
     assert wider.gains.log_gain.shape == (2, 8)
 
 
+def test_init_from_fewer_latent_channels_embeds_the_smaller_model(monkeypatch):
+    from mixcodec import train as training
+    from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
+
+    torch.manual_seed(0)
+    small = ContextMixtureModel(ModelConfig(n=8, m=4, hidden=(16, 24), qualities=2))
+    wide = ContextMixtureModel(ModelConfig(n=8, m=12, hidden=(16, 24), qualities=2))
+    assert training.load_matching(wide, small.state_dict()) == []
+    groups = small.spec.params_per_channel
+    last = wide.entropy_parameters[-1].bias.view(groups, 12)[:, :4]
+    assert torch.equal(last, small.entropy_parameters[-1].bias.view(groups, 4))
+    x = torch.rand(1, 3, 64, 128)
+    close = wide(x, 2, noise=False)
+    assert not torch.equal(close["x_hat"], small(x, 2, noise=False)["x_hat"])  # new weights start small, not zero
+    # with no fresh entries at all, the widened model computes exactly what the small one did
+    monkeypatch.setattr(training, "WIDENED_INIT_SCALE", 0.0)
+    training.load_matching(wide, small.state_dict())
+    for q in (1, 2):
+        a, b = small(x, q, noise=False), wide(x, q, noise=False)
+        torch.testing.assert_close(b["x_hat"], a["x_hat"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b["y"][:, :4], a["y"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b["z"], a["z"], rtol=1e-5, atol=1e-6)
+
+
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     import signal
     import time

@@ -13,8 +13,8 @@ Layout (all integers big-endian)::
     width        u32      image width in pixels (1 .. MAX_SIDE)
     mode         u8       0 = RGB, 1 = grayscale (decoded to an ``L`` image)
     schedule     u8       0 = wavefront, 1 = raster
-    channels     u16      latent channels n
-    flags        ceil(n / 8) bytes, bit c (LSB first) set = channel c coded
+    channels     u16      latent channels m
+    flags        ceil(m / 8) bytes, bit c (LSB first) set = channel c coded
     z_len        u32      bytes of the z stream
     y_len        u32      bytes of the y stream
     z stream, y stream

@@ -226,12 +226,12 @@ def models_command() -> None:
     if not rows:
         click.echo("no models installed")
         return
-    click.echo(f"{'name':<16}{'q':>3}{'N':>5}{'lambda':>9}  {'metric':<8}{'bpp':>7}{'PSNR':>7}{'MS-SSIM':>9}{'MB':>6}  sha256")
+    click.echo(f"{'name':<16}{'q':>3}{'N':>5}{'M':>5}{'lambda':>9}  {'metric':<8}{'bpp':>7}{'PSNR':>7}{'MS-SSIM':>9}{'MB':>6}  sha256")
     for info in rows:
         k = info.kodak
         cells = [f"{k[key]:{fmt}}" if key in k else "-" for key, fmt in (("bpp", ".3f"), ("psnr", ".2f"), ("ms_ssim", ".4f"))]
         click.echo(
-            f"{info.name:<16}{info.quality:>3}{info.config.n:>5}{info.lmbda:>9.4g}  {info.metric:<8}{cells[0]:>7}{cells[1]:>7}{cells[2]:>9}"
+            f"{info.name:<16}{info.quality:>3}{info.config.n:>5}{info.config.m:>5}{info.lmbda:>9.4g}  {info.metric:<8}{cells[0]:>7}{cells[1]:>7}{cells[2]:>9}"
             f"{info.path.stat().st_size / 1e6:>6.1f}  {info.sha256[:16]}"
         )
     click.echo("(bpp, PSNR-RGB, MS-SSIM: means over the images of `export --measure` (Kodak for the shipped models), from real files; "

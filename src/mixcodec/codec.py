@@ -111,16 +111,16 @@ def compress(
     z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule, _entropy_path(net))
     header = bitstream.Header(
         model=info.name, quality=info.quality, digest=info.digest, height=array.shape[0], width=array.shape[1],
-        mode=mode, schedule=schedule, active=active, channels=info.config.n,
+        mode=mode, schedule=schedule, active=active, channels=info.config.m,
     )
     return bitstream.pack(header, z_stream, y_stream)
 
 
 def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstream.Header, ContextMixtureModel, torch.Tensor]:
-    """Parse a file and decode its ``ŷ``: ``(header, model, ŷ (1, n, H/16, W/16))``."""
+    """Parse a file and decode its ``ŷ``: ``(header, model, ŷ (1, m, H/16, W/16))``."""
     header, z_stream, y_stream = bitstream.parse(data)
     info = model or find_model(header.model, header.quality, header.digest)
-    if info.digest != header.digest or info.config.n != header.channels:
+    if info.digest != header.digest or info.config.m != header.channels:
         raise bitstream.FormatError(f"the file was written with other weights than {info.path.name}")
     if not 1 <= header.quality <= info.config.qualities:
         raise bitstream.FormatError(f"quality {header.quality:g} is outside the 1..{info.config.qualities} of {info.name}")

@@ -60,16 +60,16 @@ class EntropyPath:
 
     def __init__(self, model: ContextMixtureModel):
         self.spec = model.spec
-        self.n = model.config.n
-        weight = model.context.weight.detach()  # (2n, n, 5, 5)
+        self.channels = model.config.m
+        weight = model.context.weight.detach()  # (2m, m, 5, 5)
         taps = torch.stack([weight[:, :, _K + dy, _K + dx] for dy, dx in CAUSAL_TAPS], dim=-1)
-        self.context = exact.IntegerAffine.from_weight(taps.reshape(2 * self.n, -1).T, model.context.bias)
+        self.context = exact.IntegerAffine.from_weight(taps.reshape(2 * self.channels, -1).T, model.context.bias)
         convs = [m for m in model.entropy_parameters if isinstance(m, torch.nn.Conv2d)]
         self.layers = [exact.IntegerAffine.from_weight(c.weight[:, :, 0, 0].T, c.bias) for c in convs]
         self.hyper_synthesis = exact.IntegerSequential(model.h_s)
 
     def hyper(self, z_hat: Tensor) -> Tensor:
-        """Hyper features ``(2n, 4h, 4w)`` (integers, units ``2**-ACT_BITS``) from ``ẑ`` ``(1, n, h, w)``."""
+        """Hyper features ``(2m, 4h, 4w)`` (integers, units ``2**-ACT_BITS``) from ``ẑ`` ``(1, n, h, w)``."""
         return self.hyper_synthesis(exact.to_fixed(z_hat))[0]
 
     def params(self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray, active: np.ndarray) -> exact.IntegerMixture:
@@ -77,13 +77,13 @@ class EntropyPath:
         given latent positions, elements in (position, channel) order.
 
         Args:
-            y_padded: decoded latents so far, ``(n, H + 2, W + 4)`` float64, with
+            y_padded: decoded latents so far, ``(m, H + 2, W + 4)`` float64, with
                 latent ``(h, w)`` at ``[:, h + 2, w + 2]`` and zeros elsewhere.
             hyper: output of :meth:`hyper`.
         """
         r = torch.from_numpy(rows + _K)[:, None] + torch.tensor([dy for dy, _ in CAUSAL_TAPS])[None]
         c = torch.from_numpy(cols + _K)[:, None] + torch.tensor([dx for _, dx in CAUSAL_TAPS])[None]
-        windows = y_padded[:, r, c].permute(1, 0, 2).reshape(len(rows), -1)  # (m, n * taps)
+        windows = y_padded[:, r, c].permute(1, 0, 2).reshape(len(rows), -1)  # (positions, m * taps)
         context = self.context.linear(exact.to_fixed(windows))
         x = torch.cat([hyper[:, torch.from_numpy(rows), torch.from_numpy(cols)].T, context], dim=1)
         for i, layer in enumerate(self.layers):
@@ -130,7 +130,7 @@ ENCODER_CHUNK_POSITIONS = 4096
 
 
 def _encode_latents(path: EntropyPath, hyper: Tensor, y_int: Tensor, active: np.ndarray, schedule: str, encoder) -> None:
-    """Write every active element of ``ŷ`` (``(n, H, W)`` int64) in the decoder's order.
+    """Write every active element of ``ŷ`` (``(m, H, W)`` int64) in the decoder's order.
 
     The encoder knows all of ``ŷ``, so it evaluates the entropy parameters and PMFs of
     many steps in one batch (the integer path gives every position the same result
@@ -138,7 +138,7 @@ def _encode_latents(path: EntropyPath, hyper: Tensor, y_int: Tensor, active: np.
     step, per window width (as :func:`_decode_latents` reads them).
     """
     height, width = hyper.shape[1], hyper.shape[2]
-    y_padded = torch.zeros(path.n, height + _K, width + 2 * _K, dtype=torch.float64)
+    y_padded = torch.zeros(path.channels, height + _K, width + 2 * _K, dtype=torch.float64)
     y_padded[:, _K:, _K : _K + width] = y_int.double()
     active_t = torch.from_numpy(active)
     with torch.no_grad():
@@ -162,10 +162,10 @@ def _decode_latents(path: EntropyPath, hyper: Tensor, active: np.ndarray, schedu
     positions of a step only depend on earlier steps), one coder call per window width.
 
     Returns:
-        The latents ``(n, H, W)`` (float64).
+        The latents ``(m, H, W)`` (float64).
     """
     height, width = hyper.shape[1], hyper.shape[2]
-    y_padded = torch.zeros(path.n, height + _K, width + 2 * _K, dtype=torch.float64)
+    y_padded = torch.zeros(path.channels, height + _K, width + 2 * _K, dtype=torch.float64)
     active_t = torch.from_numpy(active)
     with torch.no_grad():
         for rows, cols in schedule_steps(schedule, height, width):
@@ -181,7 +181,7 @@ def _decode_latents(path: EntropyPath, hyper: Tensor, active: np.ndarray, schedu
 def encode(
     model: ContextMixtureModel, y_hat: Tensor, z_hat: Tensor, schedule: str = "wavefront", path: EntropyPath | None = None
 ) -> tuple[bytes, bytes, np.ndarray]:
-    """Range-code ``ŷ`` (``(1, n, H, W)`` integers) and ``ẑ`` (``(1, n, H/4, W/4)``, on the medians grid).
+    """Range-code ``ŷ`` (``(1, m, H, W)`` integers) and ``ẑ`` (``(1, n, H/4, W/4)``, on the medians grid).
 
     ``path``: the model's :class:`EntropyPath`, when the caller keeps one (building it takes ~0.1 s).
 
@@ -201,7 +201,7 @@ def decode(
     model: ContextMixtureModel, z_stream: bytes, y_stream: bytes, active: np.ndarray, latent_size: tuple[int, int], schedule: str = "wavefront",
     path: EntropyPath | None = None,
 ) -> Tensor:
-    """Inverse of :func:`encode`: ``ŷ`` ``(1, n, H, W)`` float32 for latent size ``(H, W)``."""
+    """Inverse of :func:`encode`: ``ŷ`` ``(1, m, H, W)`` float32 for latent size ``(H, W)``."""
     z_hat = decode_z(model, z_stream, (latent_size[0] // 4, latent_size[1] // 4))
     path = path or EntropyPath(model)
     y_hat = _decode_latents(path, path.hyper(z_hat), active, schedule, coding.new_decoder(y_stream))

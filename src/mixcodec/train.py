@@ -41,6 +41,7 @@ class TrainConfig:
 
     architecture: str = "gllmm"
     n: int = 128
+    m: int = 0  # channels of the latent y; 0: n
     family: str = ""  # empty: the architecture's own family
     hidden: list[int] = dataclasses.field(default_factory=list)  # empty: the architecture's widths, scaled by n
     metric: str = "mse"
@@ -82,7 +83,7 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         base = ARCHITECTURES[self.architecture]
         return dataclasses.replace(
-            base, n=self.n, family=self.family or base.family, qualities=len(self.lmbdas),
+            base, n=self.n, m=self.m or self.n, family=self.family or base.family, qualities=len(self.lmbdas),
             hidden=tuple(self.hidden) or tuple(width * self.n // base.n for width in base.hidden),  # the paper's widths scale with N
         )
 
@@ -184,14 +185,49 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
     return state["model"] if "model" in state else state
 
 
-def load_matching(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
-    """Copy the tensors of ``weights`` whose names and shapes match into ``model``;
-    returns the names of the model's tensors left as they were (e.g. a resized
-    entropy-parameter network, or gains of another number of quality levels)."""
+#: Scale of the fresh initialization kept for the entries a widened model adds (:func:`load_matching`).
+WIDENED_INIT_SCALE = 0.1
+
+
+def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Copy the tensors of ``weights`` into ``model``; returns the names of the model's
+    tensors left at their initialization (e.g. a resized entropy-parameter network, or
+    gains of another number of quality levels).
+
+    A tensor of the same shape is copied.  When ``weights`` come from a model with
+    fewer latent channels (smaller ``m``), a tensor that is smaller along some
+    dimensions and larger along none is *embedded*: its entries go to the same places
+    of the larger tensor (group by group along a dimension that holds several groups
+    of latent channels, :meth:`ContextMixtureModel.latent_groups`), and the entries it
+    lacks keep their fresh initialization, scaled by :data:`WIDENED_INIT_SCALE` in
+    convolutions.  The widened model then computes nearly what the smaller one did,
+    its new latent channels start small, and gradients reach every new weight.
+    """
     own = model.state_dict()
-    matching = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matching, strict=False)
-    return sorted(set(own) - set(matching))
+    widening = "gains.log_gain" in weights and weights["gains.log_gain"].shape[-1] < model.config.m
+    groups = model.latent_groups()
+    convolutions = {f"{name}.{k}" for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d) for k in ("weight", "bias")}
+    loaded = {}
+    for name, value in weights.items():
+        target = own.get(name)
+        if target is None or target.dim() != value.dim():
+            continue
+        if target.shape == value.shape:
+            loaded[name] = value
+        elif widening and all(t >= v for t, v in zip(target.shape, value.shape)):
+            widened = target.clone() * (WIDENED_INIT_SCALE if name in convolutions else 1.0)
+            index = []
+            for dim, (t, v) in enumerate(zip(target.shape, value.shape)):
+                count = groups[name][1] if name in groups and groups[name][0] == dim else 1
+                if t % count or v % count:
+                    break
+                old = torch.arange(v)
+                index.append(old // (v // count) * (t // count) + old % (v // count))
+            else:
+                widened[torch.meshgrid(*index, indexing="ij")] = value.to(widened.dtype)
+                loaded[name] = widened
+    model.load_state_dict(loaded, strict=False)
+    return sorted(set(own) - set(loaded))
 
 
 def _distributed_setup() -> tuple[int, int, torch.device]:

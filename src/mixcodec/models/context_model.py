@@ -45,7 +45,10 @@ class ModelConfig:
     Attributes:
         backbone: ``"residual"`` (Cheng 2020) or ``"crm"`` (GLLMM's concatenated residual modules).
         family: entropy family name, a key of :data:`ENTROPY_FAMILIES`.
-        n: channels of the transforms and of the latent ``y``.
+        n: channels of the transforms (and of the hyper-latent ``z``).
+        m: channels of the latent ``y`` (``None``: ``n``, as in both papers).  Every
+            latent position holds ``m`` numbers for 768 pixel values, so ``m`` bounds
+            the fidelity that any rate can buy.
         hidden: widths of the two hidden 1x1 layers of the entropy-parameter network.
         qualities: number of quality levels (pairs of gain vectors), 1 for a single-rate model.
     """
@@ -55,6 +58,11 @@ class ModelConfig:
     n: int = 128
     hidden: tuple[int, int] = (640, 1280)
     qualities: int = 1
+    m: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.m is None:
+            object.__setattr__(self, "m", self.n)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -124,18 +132,18 @@ class ContextMixtureModel(nn.Module):
         super().__init__()
         self.config = config
         self.spec: MixtureSpec = ENTROPY_FAMILIES[config.family]
-        n = config.n
-        self.g_a = analysis(config.backbone, n)
-        self.g_s = synthesis(config.backbone, n)
-        self.h_a = hyper_analysis(n)
-        self.h_s = hyper_synthesis(n)
-        self.context = MaskedConv2d(n, 2 * n, CONTEXT_KERNEL)
+        n, m = config.n, config.m
+        self.g_a = analysis(config.backbone, n, m)
+        self.g_s = synthesis(config.backbone, n, m)
+        self.h_a = hyper_analysis(n, m)
+        self.h_s = hyper_synthesis(n, m)
+        self.context = MaskedConv2d(m, 2 * m, CONTEXT_KERNEL)
         h1, h2 = config.hidden
         self.entropy_parameters = nn.Sequential(
-            conv1x1(4 * n, h1), nn.LeakyReLU(), conv1x1(h1, h2), nn.LeakyReLU(), conv1x1(h2, self.spec.params_per_channel * n)
+            conv1x1(4 * m, h1), nn.LeakyReLU(), conv1x1(h1, h2), nn.LeakyReLU(), conv1x1(h2, self.spec.params_per_channel * m)
         )
         self.prior = FactorizedPrior(n)
-        self.gains = QualityGains(config.qualities, n)
+        self.gains = QualityGains(config.qualities, m)
 
     def _qualities(self, quality: Tensor | float | None, batch: int) -> Tensor:
         """Qualities as a ``(batch,)`` tensor (``None``: quality 1)."""
@@ -148,7 +156,7 @@ class ContextMixtureModel(nn.Module):
         return (self.g_a(x).float() * gain).clamp(LATENT_MIN, LATENT_MAX)
 
     def synthesize(self, y_hat: Tensor, quality: Tensor | float | None = None) -> Tensor:
-        """Quantized latent ``(B, n, h, w)`` of quality ``quality`` -> image ``(B, 3, 16h, 16w)`` (unclamped)."""
+        """Quantized latent ``(B, m, h, w)`` of quality ``quality`` -> image ``(B, 3, 16h, 16w)`` (unclamped)."""
         _, inverse_gain = self.gains(self._qualities(quality, y_hat.shape[0]))
         return self.g_s(y_hat * inverse_gain)
 
@@ -162,7 +170,7 @@ class ContextMixtureModel(nn.Module):
                 latents are rounded, which gives the model's own rate estimate of a file.
         Returns:
             ``x_hat`` ``(B, 3, H, W)`` (float32, unclamped) and the likelihoods
-            ``y`` ``(B, n, H/16, W/16)`` and ``z`` ``(B, n, H/64, W/64)``.
+            ``y`` ``(B, m, H/16, W/16)`` and ``z`` ``(B, n, H/64, W/64)``.
         """
         y = self.analyse(x, quality)
         z = self.h_a(y).float()
@@ -176,6 +184,15 @@ class ContextMixtureModel(nn.Module):
             y_likelihood = mixture_likelihood(self.spec, y_coded, params)
         x_hat = self.synthesize(ste_round(y) if noise else torch.round(y), quality).float()
         return {"x_hat": x_hat, "y": y_likelihood, "z": z_likelihood}
+
+    def latent_groups(self) -> dict[str, tuple[int, int]]:
+        """Tensors that hold several groups of ``m`` latent channels along one dimension:
+        ``name -> (dimension, groups)``.  The entropy-parameter network reads
+        ``[h_s(ẑ), context(ŷ)]`` (two groups of ``2m``) and writes
+        ``spec.params_per_channel`` groups of ``m`` (:func:`~.entropy.distributions.param_blocks`)."""
+        last = f"entropy_parameters.{len(self.entropy_parameters) - 1}"
+        params = self.spec.params_per_channel
+        return {"entropy_parameters.0.weight": (1, 2), f"{last}.weight": (0, params), f"{last}.bias": (0, params)}
 
     def aux_loss(self) -> Tensor:
         """Quantile-fitting loss of the factorized prior (minimize with its own optimizer)."""
