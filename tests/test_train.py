@@ -235,6 +235,42 @@ def test_init_from_fewer_latent_channels_embeds_the_smaller_model(monkeypatch):
         torch.testing.assert_close(b["z"], a["z"], rtol=1e-5, atol=1e-6)
 
 
+class _DetachedInput(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x.detach())
+
+
+def test_new_channels_get_no_rate_gradient_at_first_then_a_rising_one():
+    from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
+    from mixcodec.train import new_channel_rate_gradient
+
+    cfg = tiny_config(new_channels_from=3, new_channel_warmup=4)
+    assert new_channel_rate_gradient(cfg, 6, 1, torch.device("cpu")).tolist() == [1, 1, 1, 0.25, 0.25, 0.25]
+    assert new_channel_rate_gradient(cfg, 6, 4, torch.device("cpu")) is None
+    assert new_channel_rate_gradient(tiny_config(), 6, 0, torch.device("cpu")) is None
+    torch.manual_seed(0)
+    model = ContextMixtureModel(ModelConfig(n=8, m=6, hidden=(16, 24)))
+    x = torch.rand(1, 3, 64, 64)
+    y = (model.analyse(x) * 4).detach().requires_grad_()
+    model.analyse = lambda x, quality=None: y  # y is a leaf, and reaches the rate only directly
+    model.h_a = _DetachedInput(model.h_a)
+    factors = new_channel_rate_gradient(cfg, 6, 0, torch.device("cpu"))
+    outputs = {}
+    for name, rate_gradient in (("plain", None), ("scaled", factors)):
+        torch.manual_seed(1)
+        outputs[name] = model(x, rate_gradient=rate_gradient)
+    assert torch.equal(outputs["plain"]["y"], outputs["scaled"]["y"]) and torch.equal(outputs["plain"]["x_hat"], outputs["scaled"]["x_hat"])
+    (-outputs["scaled"]["y"].log()).sum().backward(retain_graph=True)
+    assert y.grad[:, 3:].abs().sum() == 0 and y.grad[:, :3].abs().sum() > 0
+    y.grad = None
+    outputs["scaled"]["x_hat"].square().sum().backward()
+    assert y.grad[:, 3:].abs().sum() > 0  # the distortion's gradient is untouched
+
+
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     import signal
     import time

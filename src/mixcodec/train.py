@@ -65,6 +65,12 @@ class TrainConfig:
     # parameter-name prefixes kept at their initial values (e.g. "entropy_parameters", so that
     # the λ variants of one base model share those tensors: ``mixcodec export --base``)
     freeze: list[str] = dataclasses.field(default_factory=list)
+    # latent channels from this index on are new (e.g. after ``--init`` from a model with fewer
+    # latent channels): the gradient their rate sends into ``y`` rises linearly from 0 to 1 over
+    # ``new_channel_warmup`` steps, so that they learn to carry detail before their rate holds them at
+    # zero (0: no such channels)
+    new_channels_from: int = 0
+    new_channel_warmup: int = 0
     checkpoint_minutes: float = 10.0
     val_every: int = 0  # steps between validations on real files (``train(val=...)``); 0: only at the end
     val_images: int = 4  # images of the validation folder used (0: all)
@@ -173,6 +179,16 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     if step >= cfg.lr_drop_at * cfg.steps:
         return cfg.lr_final
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+def new_channel_rate_gradient(cfg: TrainConfig, channels: int, step: int, device: torch.device) -> torch.Tensor | None:
+    """Factor per latent channel ``(channels,)`` on the gradient of the rate into ``y`` at ``step``
+    (``cfg.new_channels_from``); None once every factor is 1."""
+    if not cfg.new_channels_from or step >= cfg.new_channel_warmup:
+        return None
+    factors = torch.ones(channels, device=device)
+    factors[cfg.new_channels_from :] = step / cfg.new_channel_warmup
+    return factors
 
 
 def initial_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -318,7 +334,7 @@ def train(
             x = x.contiguous(memory_format=torch.channels_last)
         level = torch.randint(len(cfg.lmbdas), (x.shape[0],), generator=levels)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            output = network(x, quality=(level + 1).to(device))
+            output = network(x, quality=(level + 1).to(device), rate_gradient=new_channel_rate_gradient(cfg, model.config.m, step, device))
         result = rate_distortion_loss(output, x, lmbdas[level].to(device), cfg.metric, level_weights[level].to(device))
         optimizer.zero_grad(set_to_none=True)
         result["loss"].backward()

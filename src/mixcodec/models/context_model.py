@@ -160,7 +160,9 @@ class ContextMixtureModel(nn.Module):
         _, inverse_gain = self.gains(self._qualities(quality, y_hat.shape[0]))
         return self.g_s(y_hat * inverse_gain)
 
-    def forward(self, x: Tensor, quality: Tensor | float | None = None, noise: bool = True) -> dict[str, Tensor]:
+    def forward(
+        self, x: Tensor, quality: Tensor | float | None = None, noise: bool = True, rate_gradient: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Training/evaluation pass.
 
         Args:
@@ -168,6 +170,10 @@ class ContextMixtureModel(nn.Module):
             quality: quality level in ``[1, Q]``, one for all images or a ``(B,)`` tensor.
             noise: additive uniform noise for the likelihoods (training); when False
                 latents are rounded, which gives the model's own rate estimate of a file.
+            rate_gradient: a factor per latent channel ``(m,)`` on the gradient that the
+                likelihoods send into ``y`` (values unchanged; the entropy model's own
+                gradients are not scaled).  Training lets new channels learn to carry
+                detail before their rate holds them at zero (``TrainConfig.new_channels_from``).
         Returns:
             ``x_hat`` ``(B, 3, H, W)`` (float32, unclamped) and the likelihoods
             ``y`` ``(B, m, H/16, W/16)`` and ``z`` ``(B, n, H/64, W/64)``.
@@ -177,7 +183,8 @@ class ContextMixtureModel(nn.Module):
         z_hat = self.prior.quantize(z, noise=noise)
         z_likelihood = self.prior.likelihood(z_hat)
         hyper = self.h_s(z_hat)
-        y_coded = y + torch.empty_like(y).uniform_(-0.5, 0.5) if noise else torch.round(y)
+        y_rated = y if rate_gradient is None else torch.lerp(y.detach(), y, rate_gradient.view(1, -1, 1, 1))
+        y_coded = y_rated + torch.empty_like(y).uniform_(-0.5, 0.5) if noise else torch.round(y)
         raw = self.entropy_parameters(torch.cat([hyper, self.context(y_coded)], dim=1))
         with torch.autocast(x.device.type, enabled=False):
             params = split_params(self.spec, raw.float())
