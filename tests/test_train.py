@@ -225,6 +225,8 @@ def test_init_from_fewer_latent_channels_embeds_the_smaller_model(monkeypatch):
     x = torch.rand(1, 3, 64, 128)
     close = wide(x, 2, noise=False)
     assert not torch.equal(close["x_hat"], small(x, 2, noise=False)["x_hat"])  # new weights start small, not zero
+    y = wide.analyse(x, 2)
+    assert y[:, 4:].abs().mean() > 0.1 * y[:, :4].abs().mean()  # new latent channels are not born dead
     # with no fresh entries at all, the widened model computes exactly what the small one did
     monkeypatch.setattr(training, "WIDENED_INIT_SCALE", 0.0)
     training.load_matching(wide, small.state_dict())

@@ -215,9 +215,12 @@ def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor]) 
     dimensions and larger along none is *embedded*: its entries go to the same places
     of the larger tensor (group by group along a dimension that holds several groups
     of latent channels, :meth:`ContextMixtureModel.latent_groups`), and the entries it
-    lacks keep their fresh initialization, scaled by :data:`WIDENED_INIT_SCALE` in
-    convolutions.  The widened model then computes nearly what the smaller one did,
-    its new latent channels start small, and gradients reach every new weight.
+    lacks keep their fresh initialization, scaled by :data:`WIDENED_INIT_SCALE` where
+    a convolution reads a new input channel.  The widened model then computes nearly
+    what the smaller one did (new channels reach old ones only through small weights),
+    while its new latent channels carry features of full size from the start: with
+    small ones too, they round to zero, no gradient reaches the synthesis weights that
+    read them, and their rate keeps them there (``TrainConfig.new_channels_from``).
     """
     own = model.state_dict()
     widening = "gains.log_gain" in weights and weights["gains.log_gain"].shape[-1] < model.config.m
@@ -231,7 +234,7 @@ def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor]) 
         if target.shape == value.shape:
             loaded[name] = value
         elif widening and all(t >= v for t, v in zip(target.shape, value.shape)):
-            widened = target.clone() * (WIDENED_INIT_SCALE if name in convolutions else 1.0)
+            widened = target.clone()
             index = []
             for dim, (t, v) in enumerate(zip(target.shape, value.shape)):
                 count = groups[name][1] if name in groups and groups[name][0] == dim else 1
@@ -240,6 +243,10 @@ def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor]) 
                 old = torch.arange(v)
                 index.append(old // (v // count) * (t // count) + old % (v // count))
             else:
+                if name in convolutions and widened.dim() == 4:
+                    new_inputs = torch.ones(widened.shape[1], dtype=torch.bool)
+                    new_inputs[index[1]] = False
+                    widened[:, new_inputs] *= WIDENED_INIT_SCALE
                 widened[torch.meshgrid(*index, indexing="ij")] = value.to(widened.dtype)
                 loaded[name] = widened
     model.load_state_dict(loaded, strict=False)
