@@ -18,6 +18,8 @@ count.  Channels of ``ŷ`` that are zero everywhere are flagged and skipped.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -67,6 +69,24 @@ class EntropyPath:
         convs = [m for m in model.entropy_parameters if isinstance(m, torch.nn.Conv2d)]
         self.layers = [exact.IntegerAffine.from_weight(c.weight[:, :, 0, 0].T, c.bias) for c in convs]
         self.hyper_synthesis = exact.IntegerSequential(model.h_s)
+        self._output: tuple[bytes, exact.IntegerAffine] = (np.arange(self.channels).tobytes(), self.layers[-1])
+
+    def output_layer(self, active: np.ndarray) -> exact.IntegerAffine:
+        """The last layer of the entropy-parameter network with only the outputs of the
+        channels ``active`` (``P`` blocks of ``len(active)`` columns).  Its results are
+        those columns of the whole layer, bit for bit (sums of integers below ``2**53``
+        are exact in any order); skipping the others saves most of the network's work
+        where many channels are zero (low qualities).  The last one asked for is cached.
+        """
+        key = np.asarray(active, dtype=np.int64).tobytes()
+        cached_key, layer = self._output
+        if cached_key != key:
+            full = self.layers[-1]
+            blocks = np.arange(self.spec.params_per_channel)[:, None] * self.channels
+            columns = torch.from_numpy((blocks + np.asarray(active, dtype=np.int64)[None]).ravel())
+            layer = dataclasses.replace(full, weight=full.weight[:, columns].contiguous(), bias=full.bias[columns])
+            self._output = (key, layer)
+        return layer
 
     def hyper(self, z_hat: Tensor) -> Tensor:
         """Hyper features ``(2m, 4h, 4w)`` (integers, units ``2**-ACT_BITS``) from ``ẑ`` ``(1, n, h, w)``."""
@@ -86,11 +106,9 @@ class EntropyPath:
         windows = y_padded[:, r, c].permute(1, 0, 2).reshape(len(rows), -1)  # (positions, m * taps)
         context = self.context.linear(exact.to_fixed(windows))
         x = torch.cat([hyper[:, torch.from_numpy(rows), torch.from_numpy(cols)].T, context], dim=1)
-        for i, layer in enumerate(self.layers):
-            x = layer.linear(x)
-            if i < len(self.layers) - 1:
-                x = exact.leaky_relu(x)
-        return exact.integer_params(self.spec, x, active)
+        for layer in self.layers[:-1]:
+            x = exact.leaky_relu(layer.linear(x))
+        return exact.integer_params(self.spec, self.output_layer(active).linear(x))
 
 
 def _pmf_groups(spec, mixture: exact.IntegerMixture) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -194,11 +194,11 @@ def _softmax_kernel(logits, exp_table, out):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True, nogil=True)
-def _params_kernel(raw, active, families, components, exp_table, softplus_table, weights, means, scales):  # pragma: no cover (compiled)
-    """Mixture parameters of the channels ``active`` of integer network outputs.
+def _params_kernel(raw, families, components, exp_table, softplus_table, weights, means, scales):  # pragma: no cover (compiled)
+    """Mixture parameters of integer network outputs.
 
     ``raw`` ``(m, P * C)`` float64 holding integers (layout of :func:`~.distributions.param_blocks`);
-    outputs ``(F, K, m * len(active))`` int64 in (position, channel) order, units as :class:`IntegerMixture`.
+    outputs ``(F, K, m * C)`` int64 in (position, channel) order, units as :class:`IntegerMixture`.
     """
     channels = raw.shape[1] // (3 * components * families + (families if families > 1 else 0))
     limit = SOFTPLUS_RANGE << GRID_BITS
@@ -207,8 +207,8 @@ def _params_kernel(raw, active, families, components, exp_table, softplus_table,
     across = np.ones(families, dtype=np.int64)
     logits = np.empty(max(components, families), dtype=np.int64)
     for p in range(raw.shape[0]):
-        for a in range(active.shape[0]):
-            c, e = active[a], p * active.shape[0] + a
+        for c in range(channels):
+            e = p * channels + c
             if families > 1:
                 for f in range(families):
                     logits[f] = np.int64(raw[p, (3 * components * families + f) * channels + c])
@@ -226,10 +226,9 @@ def _params_kernel(raw, active, families, components, exp_table, softplus_table,
                     scales[f, k, e] = max(scale, scale_min)
 
 
-def integer_params(spec: MixtureSpec, raw: Tensor, active: np.ndarray | None = None) -> IntegerMixture:
+def integer_params(spec: MixtureSpec, raw: Tensor) -> IntegerMixture:
     """Integer network outputs ``(m, P * C)`` (units ``2**-ACT_BITS``, layout of :func:`param_blocks`)
-    -> mixture of the channels ``active`` (default: all), elements ``(F, K, m * len(active))``
-    in (position, channel) order.
+    -> mixture of the ``C`` channels, elements ``(F, K, m * C)`` in (position, channel) order.
 
     Softmax: ``exp`` table on the gap to the largest logit, then an integer division;
     component weight = within-family weight × family weight ``>> MIX_BITS``.  Scales:
@@ -238,11 +237,10 @@ def integer_params(spec: MixtureSpec, raw: Tensor, active: np.ndarray | None = N
     """
     families, components = len(spec.families), spec.components
     channels = raw.shape[1] // spec.params_per_channel
-    active = np.arange(channels) if active is None else np.asarray(active, dtype=np.int64)
-    shape = (families, components, raw.shape[0] * len(active))
+    shape = (families, components, raw.shape[0] * channels)
     weights, means, scales = (np.empty(shape, dtype=np.int64) for _ in range(3))
     table = tables()
-    _params_kernel(np.ascontiguousarray(raw.numpy()), active, families, components, table["exp"].numpy(), table["softplus"].numpy(), weights, means, scales)
+    _params_kernel(np.ascontiguousarray(raw.numpy()), families, components, table["exp"].numpy(), table["softplus"].numpy(), weights, means, scales)
     return IntegerMixture(weights, means, scales)
 
 
