@@ -35,7 +35,7 @@ def cached_latents(model: ContextMixtureModel, data: Path, crops: int = 1024, cr
     """Rounded latents and hyper features of ``crops`` random crops of the images under ``data``.
 
     Returns:
-        ``ŷ`` ``(crops, n, crop/16, crop/16)`` and ``h_s(ẑ)`` ``(crops, 2n, crop/16, crop/16)``,
+        ``ŷ`` ``(crops, m, crop/16, crop/16)`` and ``h_s(ẑ)`` ``(crops, 2m, crop/16, crop/16)``,
         float32; each crop at a quality drawn uniformly from ``1 .. Q``.
     """
     sampler = CropSampler(data, crop, seed=seed)
