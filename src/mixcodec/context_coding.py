@@ -78,12 +78,13 @@ class EntropyPath:
         are exact in any order); skipping the others saves most of the network's work
         where many channels are zero (low qualities).  The last one asked for is cached.
         """
-        key = np.asarray(active, dtype=np.int64).tobytes()
+        active = np.asarray(active, dtype=np.int64)
+        key = active.tobytes()
         cached_key, layer = self._output
         if cached_key != key:
             full = self.layers[-1]
             blocks = np.arange(self.spec.params_per_channel)[:, None] * self.channels
-            columns = torch.from_numpy((blocks + np.asarray(active, dtype=np.int64)[None]).ravel())
+            columns = torch.from_numpy((blocks + active[None]).ravel())
             layer = dataclasses.replace(full, weight=full.weight[:, columns].contiguous(), bias=full.bias[columns])
             self._output = (key, layer)
         return layer
