@@ -37,6 +37,14 @@ def test_presets_load_and_round_trip_through_toml(tmp_path, name):
     assert load_preset(str(tmp_path / "p.toml")) == cfg
 
 
+def test_backbone_and_family_override_the_architecture():
+    config = tiny_config(architecture="gllmm", backbone="residual", family="gmm").model_config()
+    assert (config.backbone, config.family) == ("residual", "gmm")
+    assert tiny_config(architecture="cheng2020-gmm").model_config().backbone == "residual"
+    with pytest.raises(ValueError, match="backbone"):
+        tiny_config(backbone="unet")
+
+
 def test_ms_ssim_with_small_crops_is_refused():
     with pytest.raises(ValueError, match="161"):
         tiny_config(metric="ms-ssim")

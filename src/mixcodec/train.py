@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .losses import rate_distortion_loss
 from .models.context_model import ARCHITECTURES, ContextMixtureModel, ModelConfig
+from .models.transforms import BACKBONES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 
@@ -42,6 +43,7 @@ class TrainConfig:
     architecture: str = "gllmm"
     n: int = 128
     m: int = 0  # channels of the latent y; 0: n
+    backbone: str = ""  # empty: the architecture's own transforms ("residual" or "crm")
     family: str = ""  # empty: the architecture's own family
     hidden: list[int] = dataclasses.field(default_factory=list)  # empty: the architecture's widths, scaled by n
     metric: str = "mse"
@@ -83,13 +85,16 @@ class TrainConfig:
             raise ValueError("MS-SSIM training needs crops of at least 161 px (5 scales)")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if self.backbone and self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if not self.lmbdas or sorted(self.lmbdas) != list(self.lmbdas) or min(self.lmbdas) <= 0:
             raise ValueError(f"lmbdas must be positive and ascending (one per quality level), got {self.lmbdas}")
 
     def model_config(self) -> ModelConfig:
         base = ARCHITECTURES[self.architecture]
         return dataclasses.replace(
-            base, n=self.n, m=self.m or self.n, family=self.family or base.family, qualities=len(self.lmbdas),
+            base, n=self.n, m=self.m or self.n, backbone=self.backbone or base.backbone, family=self.family or base.family,
+            qualities=len(self.lmbdas),
             hidden=tuple(self.hidden) or tuple(width * self.n // base.n for width in base.hidden),  # the paper's widths scale with N
         )
 

@@ -1,0 +1,111 @@
+"""Transform ablation: plain residual blocks (Cheng 2020) vs concatenated residual modules
+(CRM, Fu et al.), trained alike and measured on real files.
+
+    python benchmarks/transform_ablation.py --data ../shared/data/train --kodak ../shared/data/kodak \\
+        --runs runs/transform-ablation [--n 32] [--steps 4000] [--lmbdas 0.0022,0.0088,0.0352,0.1408] [-o ablation.json]
+
+Each backbone is trained from scratch with :func:`mixcodec.train.train` under the same
+config and seed (so both see the same crops at the same quality levels in the same
+order), with the same entropy family (``--family``, GLLMM by default): the only
+difference is every stride-1 refinement block of ``g_a`` and ``g_s``, one residual
+block or a CRM (two residual blocks in series plus an outer shortcut).  The runs are
+variable-rate (one quality level per λ, levels balanced as in the shipped presets), so
+one run gives a curve.  Every image of ``--kodak`` is then coded to a real ``.mxc``
+file at every quality; the table gives mean bpp / PSNR-RGB / MS-SSIM per quality, the
+BD-rate of CRM against the residual backbone, parameter counts and seconds per
+training step (CRM has twice the refinement convolutions, so it also costs more per
+step: compare at equal steps *and* think of equal time).
+
+``--runs`` keeps the checkpoints: running again with more ``--steps`` continues both
+runs (``--resume``) instead of starting over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+from mixcodec import eval as ev
+from mixcodec.models.registry import export
+from mixcodec.models.transforms import BACKBONES
+from mixcodec.train import TrainConfig, list_images, train
+
+
+def seconds_per_step(log: Path) -> float:
+    """Mean seconds per step over the second half of a run's ``log.csv`` (after start-up)."""
+    rows = list(csv.DictReader(log.open()))
+    first, last = rows[len(rows) // 2], rows[-1]
+    return (float(last["time_s"]) - float(first["time_s"])) / max(1, int(last["step"]) - int(first["step"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="training images")
+    parser.add_argument("--kodak", type=Path, required=True, help="evaluation images (real files)")
+    parser.add_argument("--runs", type=Path, required=True, help="folder for the two training runs (kept; a rerun continues them)")
+    parser.add_argument("--backbones", default="residual,crm")
+    parser.add_argument("--family", default="gllmm")
+    parser.add_argument("--n", type=int, default=32)
+    parser.add_argument("--m", type=int, default=0, help="latent channels (0: n)")
+    parser.add_argument("--lmbdas", default="0.0022,0.0088,0.0352,0.1408")
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--limit", type=int, help="first images of --kodak only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", type=Path)
+    args = parser.parse_args()
+    backbones = args.backbones.split(",")
+    for backbone in backbones:
+        if backbone not in BACKBONES:
+            parser.error(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+    lmbdas = [float(v) for v in args.lmbdas.split(",")]
+    images = list_images(args.kodak)[: args.limit]
+
+    curves, runs = {}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        for backbone in backbones:
+            cfg = TrainConfig(
+                architecture="gllmm", backbone=backbone, family=args.family, n=args.n, m=args.m, lmbdas=lmbdas, balance_levels=True,
+                crop=args.crop, batch=args.batch, steps=args.steps, lr=args.lr, lr_final=args.lr, threads=args.threads,
+                checkpoint_minutes=5.0, log_every=max(1, min(50, args.steps // 10)), seed=args.seed,
+            )
+            run = args.runs / backbone
+            model = train(cfg, args.data, run, resume=True)
+            infos = export(model.state_dict(), model.config, Path(folder) / f"{backbone}.safetensors", name=backbone, lmbdas=lmbdas, metric="mse")
+            rows = ev.evaluate(ev.learned_codec(infos), images)
+            curves[backbone] = ev.mean_curve(rows)[backbone]
+            runs[backbone] = {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "transform_parameters": sum(p.numel() for name, p in model.named_parameters() if name.startswith(("g_a.", "g_s."))),
+                "seconds_per_step": seconds_per_step(run / "log.csv"),
+                "config": dataclasses.asdict(cfg),
+            }
+
+    print(f"\n{args.steps} steps x {args.batch} crops of {args.crop}x{args.crop}, N={args.n}, {args.family}; "
+          f"{len(images)} images of {args.kodak.name}, real files")
+    print(f"{'backbone':<10}{'transform params':>18}{'s/step':>8}   bpp / PSNR / MS-SSIM per quality")
+    for backbone, points in curves.items():
+        run = runs[backbone]
+        cells = "  ".join(f"{p['bpp']:.3f}/{p['psnr']:.2f}/{p['ms_ssim']:.4f}" for p in points)
+        print(f"{backbone:<10}{run['transform_parameters']:>18,}{run['seconds_per_step']:>8.3f}   {cells}")
+    bd = {}
+    if len(backbones) == 2:
+        (anchor, a), (other, b) = curves.items()
+        bd = {metric: ev.bd_rate([p["bpp"] for p in a], [p[metric] for p in a], [p["bpp"] for p in b], [p[metric] for p in b])
+              for metric in ("psnr", "ms_ssim_db")}
+        print(f"BD-rate of {other} vs {anchor}: {bd['psnr']:+.1f} % (PSNR), {bd['ms_ssim_db']:+.1f} % (MS-SSIM dB)")
+    if args.output:
+        result = {"images": len(images), "args": {k: str(v) for k, v in vars(args).items()}, "curves": curves, "runs": runs,
+                  "bd_rate": bd, "environment": ev.environment()}
+        args.output.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
