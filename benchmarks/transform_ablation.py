@@ -97,9 +97,8 @@ def main() -> None:
         print(f"{backbone:<10}{run['transform_parameters']:>18,}{run['seconds_per_step']:>8.3f}   {cells}")
     bd = {}
     if len(backbones) == 2:
-        (anchor, a), (other, b) = curves.items()
-        bd = {metric: ev.bd_rate([p["bpp"] for p in a], [p[metric] for p in a], [p["bpp"] for p in b], [p[metric] for p in b])
-              for metric in ("psnr", "ms_ssim_db")}
+        anchor, other = curves
+        bd = ev.bd_table(curves)[other][anchor]
         print(f"BD-rate of {other} vs {anchor}: {bd['psnr']:+.1f} % (PSNR), {bd['ms_ssim_db']:+.1f} % (MS-SSIM dB)")
     if args.output:
         result = {"images": len(images), "args": {k: str(v) for k, v in vars(args).items()}, "curves": curves, "runs": runs,
