@@ -112,7 +112,7 @@ class ConcatenatedResidualModule(nn.Module):
         return x + self.blocks(x)
 
 
-class _AttentionUnit(nn.Module):
+class AttentionUnit(nn.Module):
     """1x1 (N/2) - ReLU - 3x3 (N/2) - ReLU - 1x1 (N), plus identity, then ReLU."""
 
     def __init__(self, channels: int):
@@ -135,8 +135,8 @@ class SimplifiedAttention(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.trunk = nn.Sequential(*(_AttentionUnit(channels) for _ in range(3)))
-        self.mask = nn.Sequential(*(_AttentionUnit(channels) for _ in range(3)), conv1x1(channels, channels))
+        self.trunk = nn.Sequential(*(AttentionUnit(channels) for _ in range(3)))
+        self.mask = nn.Sequential(*(AttentionUnit(channels) for _ in range(3)), conv1x1(channels, channels))
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.trunk(x) * torch.sigmoid(self.mask(x))

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from .losses import rate_distortion_loss
 from .models.context_model import ARCHITECTURES, ContextMixtureModel, ModelConfig
 from .models.transforms import BACKBONES
+from .models.widening import widen_synthesis
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 
@@ -43,6 +44,7 @@ class TrainConfig:
     architecture: str = "gllmm"
     n: int = 128
     m: int = 0  # channels of the latent y; 0: n
+    n_s: int = 0  # channels inside the synthesis transform; 0: n
     backbone: str = ""  # empty: the architecture's own transforms ("residual" or "crm")
     family: str = ""  # empty: the architecture's own family
     hidden: list[int] = dataclasses.field(default_factory=list)  # empty: the architecture's widths, scaled by n
@@ -93,7 +95,7 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         base = ARCHITECTURES[self.architecture]
         return dataclasses.replace(
-            base, n=self.n, m=self.m or self.n, backbone=self.backbone or base.backbone, family=self.family or base.family,
+            base, n=self.n, m=self.m or self.n, n_s=self.n_s or self.n, backbone=self.backbone or base.backbone, family=self.family or base.family,
             qualities=len(self.lmbdas),
             hidden=tuple(self.hidden) or tuple(width * self.n // base.n for width in base.hidden),  # the paper's widths scale with N
         )
@@ -226,7 +228,14 @@ def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor]) 
     while its new latent channels carry features of full size from the start: with
     small ones too, they round to zero, no gradient reaches the synthesis weights that
     read them, and their rate keeps them there (``TrainConfig.new_channels_from``).
+
+    A narrower synthesis transform (smaller ``n_s``, same ``m``) is embedded by its own
+    rule, :func:`~.models.widening.widen_synthesis`: the widened ``g_s`` reconstructs the
+    same image.
     """
+    last_synthesis = f"g_s.{len(model.g_s) - 1}.0.weight"
+    if last_synthesis in weights and weights[last_synthesis].shape[1] < model.config.n_s:
+        weights = {**weights, **widen_synthesis(model.g_s, weights)}
     own = model.state_dict()
     widening = "gains.log_gain" in weights and weights["gains.log_gain"].shape[-1] < model.config.m
     groups = model.latent_groups()

@@ -51,6 +51,10 @@ class ModelConfig:
             the fidelity that any rate can buy.
         hidden: widths of the two hidden 1x1 layers of the entropy-parameter network.
         qualities: number of quality levels (pairs of gain vectors), 1 for a single-rate model.
+        n_s: channels inside the synthesis transform ``g_s`` (``None``: ``n``).  The decoder
+            can be wider than the encoder side: the synthesis caps the high qualities
+            (docs/training.md), and a trained model is widened without losing what it
+            learned (:mod:`.widening`).
     """
 
     backbone: str = "crm"
@@ -59,13 +63,21 @@ class ModelConfig:
     hidden: tuple[int, int] = (640, 1280)
     qualities: int = 1
     m: int | None = None
+    n_s: int | None = None
 
     def __post_init__(self) -> None:
         if self.m is None:
             object.__setattr__(self, "m", self.n)
+        if self.n_s is None:
+            object.__setattr__(self, "n_s", self.n)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """Canonical JSON; ``n_s`` only where it differs from ``n`` (the JSON of the models
+        written before ``n_s`` existed is unchanged)."""
+        data = asdict(self)
+        if data["n_s"] == data["n"]:
+            del data["n_s"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
@@ -134,7 +146,7 @@ class ContextMixtureModel(nn.Module):
         self.spec: MixtureSpec = ENTROPY_FAMILIES[config.family]
         n, m = config.n, config.m
         self.g_a = analysis(config.backbone, n, m)
-        self.g_s = synthesis(config.backbone, n, m)
+        self.g_s = synthesis(config.backbone, config.n_s, m)
         self.h_a = hyper_analysis(n, m)
         self.h_s = hyper_synthesis(n, m)
         self.context = MaskedConv2d(m, 2 * m, CONTEXT_KERNEL)

@@ -1,0 +1,80 @@
+"""Widening the synthesis transform keeps what it computes and lets the new channels learn."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
+from mixcodec.models.widening import new_channel_energy, widen_synthesis
+from mixcodec.train import load_matching
+
+
+def trained_like(config: ModelConfig, seed: int = 0) -> ContextMixtureModel:
+    """A model whose every weight is moved off its initialization (as training would),
+    so that GDN's β and γ and all biases are non-trivial."""
+    torch.manual_seed(seed)
+    model = ContextMixtureModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + 0.3 * torch.randn_like(p)).add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("backbone", ["crm", "residual"])
+def test_the_widened_synthesis_reconstructs_the_same_image(backbone):
+    config = ModelConfig(backbone=backbone, n=8, m=8, hidden=(16, 24), qualities=2)
+    narrow = trained_like(config)
+    wide = ContextMixtureModel(dataclasses.replace(config, n_s=12))
+    assert load_matching(wide, narrow.state_dict()) == []
+    assert wide.g_s[-1][0].weight.shape[1] == 12
+    x = torch.rand(2, 3, 64, 128)
+    with torch.no_grad():
+        for q in (1, 2):
+            y_hat = narrow.analyse(x, q).round()
+            torch.testing.assert_close(wide.synthesize(y_hat, q), narrow.synthesize(y_hat, q), rtol=1e-5, atol=1e-5)
+        # the rest of the model is copied as it is
+        torch.testing.assert_close(wide(x, 2, noise=False)["y"], narrow(x, 2, noise=False)["y"])
+    assert new_channel_energy(wide.g_s, narrow.analyse(x, 2).round(), 8) == [0.0] * 7  # stages 2-8 are 12 wide
+
+
+def test_new_channels_of_the_widened_synthesis_wake_up():
+    """Every entry that widening sets to zero (new stream channels' writes, new internal
+    channels' reads) moves within a few steps, and the new stream channels carry energy:
+    no new channel is zero on both sides."""
+    config = ModelConfig(n=8, m=8, hidden=(16, 24), qualities=1)
+    narrow = trained_like(config, seed=1)
+    wide = ContextMixtureModel(dataclasses.replace(config, n_s=12))
+    load_matching(wide, narrow.state_dict())
+    zeros = {name: p.detach() == 0 for name, p in wide.g_s.named_parameters()}
+    assert sum(int(z.sum()) for z in zeros.values()) > 1000
+    torch.manual_seed(2)
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        y_hat = wide.analyse(x, 1).round()
+    optimizer = torch.optim.Adam(wide.g_s.parameters(), lr=1e-3)
+    for _ in range(4):
+        optimizer.zero_grad()
+        (wide.synthesize(y_hat, 1) - x).square().mean().backward()
+        optimizer.step()
+    for name, p in wide.g_s.named_parameters():
+        if zeros[name].any():
+            assert (p.detach()[zeros[name]] != 0).any(), name
+    assert min(new_channel_energy(wide.g_s, y_hat, 8)) > 0
+
+
+def test_widening_refuses_what_it_cannot_embed():
+    config = ModelConfig(n=8, m=8, hidden=(16, 24))
+    wide = ContextMixtureModel(dataclasses.replace(config, n_s=12)).state_dict()
+    narrow = ContextMixtureModel(config)
+    with pytest.raises(ValueError, match="cannot narrow"):
+        widen_synthesis(narrow.g_s, wide)
+
+
+def test_the_config_json_of_models_without_a_wider_synthesis_is_unchanged():
+    config = ModelConfig(n=64, m=128, hidden=(320, 640), qualities=8)
+    assert "n_s" not in config.to_json() and config.n_s == 64
+    wide = dataclasses.replace(config, n_s=96)
+    assert ModelConfig.from_json(wide.to_json()) == wide and '"n_s": 96' in wide.to_json()
