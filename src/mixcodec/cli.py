@@ -253,7 +253,7 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
     from tqdm import tqdm
 
     from . import eval as ev
-    from .train import list_images
+    from .data import list_images
 
     images = list_images(dataset)[:limit]
     if not images:
@@ -319,7 +319,7 @@ def allocate_command(dataset, target_bpp, metric, models, out, force) -> None:
     from tqdm import tqdm
 
     from . import allocate as al
-    from .train import list_images
+    from .data import list_images
 
     infos = _model_set(models, ",")
     paths = list_images(dataset)
@@ -370,7 +370,8 @@ def sample_command(output: Path, force: bool) -> None:
 
 @main.command("train")
 @click.option("--preset", default="cpu-gllmm-n64", show_default=True, help="Preset name or TOML file.")
-@click.option("--data", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True), help="Folder of training images.")
+@click.option("--data", required=True, type=click.Path(path_type=Path, exists=True),
+              help="Folder of training images, or a packed-crop file (.npy, `mixcodec pack`).")
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Run folder (checkpoints, log).")
 @click.option("--lmbda", "lmbdas", help="Override the preset's λ ladder: comma-separated, ascending, one quality level each.")
 @click.option("--metric", type=click.Choice(["mse", "ms-ssim"]), help="Override the preset's distortion metric.")
@@ -384,7 +385,9 @@ def sample_command(output: Path, force: bool) -> None:
 @click.option("--val-every", type=int, help="Override the preset's steps between validations.")
 @click.option("--workers", type=int, help="Override the preset's number of DataLoader workers.")
 @click.option("--tensorboard", is_flag=True, help="Also write the log and validation results as TensorBoard scalars (OUT/tensorboard).")
-def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, minutes, val, val_every, workers, tensorboard) -> None:
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train (auto: CUDA when there is a GPU; cuda without one falls back to the CPU with a message).")
+def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, minutes, val, val_every, workers, tensorboard, device) -> None:
     """Train a model (see the presets for every hyperparameter)."""
     import dataclasses
     import importlib.util
@@ -401,7 +404,30 @@ def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, mi
         raise BadInput(f"--lmbda takes comma-separated numbers, got {lmbdas!r}") from None
     overrides = {"lmbdas": lmbdas, "metric": metric, "steps": steps, "lr": lr, "val_every": val_every, "workers": workers}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    train(cfg, data, out, resume=resume, init=init, max_minutes=minutes, val=val, tensorboard=tensorboard)
+    train(cfg, data, out, resume=resume, init=init, max_minutes=minutes, val=val, tensorboard=tensorboard, device=device)
+
+
+@main.command("pack")
+@click.argument("data", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Packed-crop file (.npy).")
+@click.option("--size", default=256, show_default=True, help="Side of the square crops in pixels.")
+@click.option("--max-mb", default=40.0, show_default=True, help="Size of the file in MB (10^6 bytes); as many crops as fit.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def pack_command(data, output, size, max_mb, seed, force) -> None:
+    """Pack random crops of a folder of images into one uint8 file for `mixcodec train --data`."""
+    from .data import PACKED_SUFFIX, pack_crops, save_packed
+
+    if output.suffix != PACKED_SUFFIX:
+        raise BadInput(f"{output}: packed-crop files end in {PACKED_SUFFIX}")
+    if output.exists() and not force:
+        raise BadInput(f"{output} exists (use --force to overwrite)")
+    try:
+        crops = pack_crops(data, size, int(max_mb * 1e6), seed)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    save_packed(crops, output)
+    click.echo(f"wrote {output}: {len(crops)} crops of {size}x{size} ({output.stat().st_size / 1e6:.1f} MB)")
 
 
 @main.command("export")
@@ -417,18 +443,17 @@ def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, mi
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def export_command(checkpoint, output, name, measure, rows, base, force) -> None:
     """Write a training checkpoint as an fp16 safetensors weight file (one quality level per λ it was trained with)."""
-    import torch
-
     from . import eval as ev
+    from .data import list_images
     from .models.context_model import ModelConfig
     from .models.registry import export
-    from .train import TrainConfig, list_images
+    from .train import TrainConfig, load_checkpoint
 
     if output.exists() and not force:
         raise BadInput(f"{output} exists (use --force to overwrite)")
     if base is not None and base.resolve().parent != output.resolve().parent:
         raise BadInput(f"--base {base} must be in the output's folder ({output.resolve().parent}): shared tensors are looked up there")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint(checkpoint)
     train_cfg = TrainConfig(**state["train_config"])
     meta = {"name": name, "lmbdas": train_cfg.lmbdas, "metric": train_cfg.metric, "train_steps": state.get("step", 0)}
     config = ModelConfig.from_json(state["config"])
@@ -447,7 +472,8 @@ def export_command(checkpoint, output, name, measure, rows, base, force) -> None
 
 @main.command("refit")
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--data", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True), help="Training images (never the evaluation set).")
+@click.option("--data", required=True, type=click.Path(path_type=Path, exists=True),
+              help="Training images (never the evaluation set): a folder, or a packed-crop file (.npy).")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Checkpoint to write (for `mixcodec export`).")
 @click.option("--steps", default=2000, show_default=True)
 @click.option("--crops", default=1024, show_default=True, help="Random crops whose latents are cached.")
@@ -457,17 +483,15 @@ def export_command(checkpoint, output, name, measure, rows, base, force) -> None
 def refit_command(checkpoint, data, output, steps, crops, crop, lr, force) -> None:
     """Refit the context and entropy-parameter networks of a training checkpoint to the rounded
     latents that files code (transforms, hyperprior and gains untouched: same images, smaller files)."""
-    import torch
-
     from .models.context_model import PAD_MULTIPLE, ContextMixtureModel, ModelConfig
     from .refit import cached_latents, refit
-    from .train import atomic_save
+    from .train import atomic_save, load_checkpoint
 
     if output.exists() and not force:
         raise BadInput(f"{output} exists (use --force to overwrite)")
     if crop <= 0 or crop % PAD_MULTIPLE:
         raise BadInput(f"--crop must be a positive multiple of {PAD_MULTIPLE}, got {crop}")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint(checkpoint)
     model = ContextMixtureModel(ModelConfig.from_json(state["config"]))
     model.load_state_dict(state["model"])
     y_hats, hypers = cached_latents(model, data, crops, crop)

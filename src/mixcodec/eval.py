@@ -25,7 +25,7 @@ from pytorch_msssim import ms_ssim
 
 from . import __version__, codec
 from .models.registry import ModelInfo
-from .train import list_images
+from .data import list_images
 
 
 @dataclass

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .codec import quantize_latents
 from .entropy.distributions import mixture_likelihood, split_params
 from .models.context_model import ContextMixtureModel
-from .train import CropSampler
+from .data import CropSampler
 
 #: The modules a refit trains; everything else stays as it is.
 REFIT_MODULES = ("context", "entropy_parameters")

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import io
+import json
 import math
 import os
-import random
 import signal
+import sys
 import threading
 import time
 import tomllib
@@ -24,18 +27,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from .data import CropDataset, list_images
 from .losses import rate_distortion_loss
 from .models.context_model import ARCHITECTURES, ContextMixtureModel, ModelConfig
 from .models.transforms import BACKBONES
 from .models.widening import widen_synthesis
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
-
 
 @dataclass
 class TrainConfig:
@@ -76,6 +75,7 @@ class TrainConfig:
     new_channels_from: int = 0
     new_channel_warmup: int = 0
     checkpoint_minutes: float = 10.0
+    checkpoint_part_mib: float = 0.0  # > 0: checkpoints larger than this are written split (``atomic_save``)
     val_every: int = 0  # steps between validations on real files (``train(val=...)``); 0: only at the end
     val_images: int = 4  # images of the validation folder used (0: all)
     workers: int = 0  # DataLoader worker processes making crops (0: in the training process)
@@ -111,55 +111,6 @@ def load_preset(name_or_path: str) -> TrainConfig:
     return TrainConfig(**tomllib.loads(text))
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-class CropSampler:
-    """Random crops (with random flips and optional down-scaling) from images held in memory.
-
-    Args:
-        folder: images (any size at least ``crop`` on both sides after down-scaling).
-        crop: side of the square crops.
-        min_downscale: each crop comes from the image scaled by a random factor in
-            ``[min_downscale, 1]``, which makes the training content more like photos
-            viewed at lower resolution.
-    """
-
-    def __init__(self, folder: Path, crop: int, min_downscale: float = 1.0, seed: int = 0):
-        self.crop = crop
-        self.min_downscale = min_downscale
-        self.rng = random.Random(seed)
-        self.images = []
-        for path in list_images(folder):
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                if min(im.size) >= crop:
-                    self.images.append(im.copy())
-        if not self.images:
-            raise ValueError(f"no images of at least {crop}x{crop} under {folder}")
-
-    def sample(self, batch: int) -> torch.Tensor:
-        """``(batch, 3, crop, crop)`` float32 in ``[0, 1]``."""
-        crops = []
-        for _ in range(batch):
-            im = self.rng.choice(self.images)
-            w, h = im.size
-            scale = self.rng.uniform(max(self.min_downscale, self.crop / min(w, h)), 1.0)
-            size = max(self.crop, round(self.crop / scale))
-            x0, y0 = self.rng.randint(0, w - size), self.rng.randint(0, h - size)
-            patch = im.crop((x0, y0, x0 + size, y0 + size))
-            if size != self.crop:
-                patch = patch.resize((self.crop, self.crop), Image.Resampling.BICUBIC)
-            array = np.asarray(patch)
-            if self.rng.random() < 0.5:
-                array = array[:, ::-1]
-            crops.append(torch.from_numpy(array.copy()))
-        # contiguous NCHW: channels-last strides hit a crash in torch 2.13 CPU conv backward
-        return torch.stack(crops).permute(0, 3, 1, 2).contiguous().float() / 255
-
-
 def to_toml(cfg: TrainConfig) -> str:
     """The config as a TOML preset (round-trips through :func:`load_preset`)."""
     lines = []
@@ -174,11 +125,70 @@ def to_toml(cfg: TrainConfig) -> str:
     return "".join(lines)
 
 
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename (a crash never leaves half a checkpoint)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+def atomic_save(obj, path: Path, part_bytes: int = 0) -> None:
+    """``torch.save`` to a temporary file, then rename (a crash never leaves half a checkpoint).
+
+    ``part_bytes > 0``: a checkpoint larger than that is written *split*, as parts
+    ``NAME.<digest>.000``, ``.001``, ... of at most ``part_bytes`` each and a manifest
+    ``NAME.parts`` (JSON: parts, bytes, SHA-256), written last; :func:`load_checkpoint`
+    reads either form.  Split files let a run on a remote machine hand back checkpoints
+    through channels that limit the size of a file.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    manifest = path.with_name(path.name + ".parts")
+    stale = _checkpoint_parts(path)
+    if part_bytes <= 0 or len(data) <= part_bytes:
+        _write_atomic(path, data)
+        manifest.unlink(missing_ok=True)
+    else:
+        digest = hashlib.sha256(data).hexdigest()
+        parts = [f"{path.name}.{digest[:12]}.{i:03d}" for i in range(-(-len(data) // part_bytes))]
+        for i, name in enumerate(parts):
+            _write_atomic(path.with_name(name), data[i * part_bytes : (i + 1) * part_bytes])
+        _write_atomic(manifest, json.dumps({"parts": parts, "bytes": len(data), "sha256": digest}).encode())
+        path.unlink(missing_ok=True)
+        stale -= set(parts)
+    for name in stale:
+        path.with_name(name).unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _checkpoint_parts(path: Path) -> set[str]:
+    manifest = path.with_name(path.name + ".parts")
+    return set(json.loads(manifest.read_text())["parts"]) if manifest.exists() else set()
+
+
+def checkpoint_exists(path: Path) -> bool:
+    """Whether a checkpoint is at ``path``, whole or split (:func:`atomic_save`)."""
+    return path.exists() or path.with_name(path.name + ".parts").exists()
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by :func:`atomic_save`, whole or split, on the CPU.
+
+    Raises:
+        ValueError: a split checkpoint whose parts are missing or do not add up.
+    """
+    if path.suffix == ".parts":  # the manifest of a split checkpoint names it too
+        path = path.with_suffix("")
+    manifest = path.with_name(path.name + ".parts")
+    if path.exists() or not manifest.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    index = json.loads(manifest.read_text())
+    try:
+        data = b"".join(path.with_name(name).read_bytes() for name in index["parts"])
+    except FileNotFoundError as exc:
+        raise ValueError(f"{manifest}: part {Path(exc.filename).name} is missing") from None
+    if len(data) != index["bytes"] or hashlib.sha256(data).hexdigest() != index["sha256"]:
+        raise ValueError(f"{manifest}: its parts do not add up to the checkpoint it describes")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -204,7 +214,7 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
         from .models.registry import TABLES_PREFIX, read_tensors
 
         return {k: v.float() for k, v in read_tensors(path).items() if not k.startswith(TABLES_PREFIX)}
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     return state["model"] if "model" in state else state
 
 
@@ -267,15 +277,31 @@ def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor]) 
     return sorted(set(own) - set(loaded))
 
 
-def _distributed_setup() -> tuple[int, int, torch.device]:
-    """``(rank, world_size, device)``; joins the process group when launched by ``torchrun``."""
+#: Values of ``train(device=...)`` / ``mixcodec train --device``.
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(request: str) -> str:
+    """``"cuda"`` or ``"cpu"`` for a requested device: ``auto`` takes CUDA when there is a
+    GPU; ``cuda`` without one falls back to the CPU with a one-line message on stderr."""
+    if request not in DEVICES:
+        raise ValueError(f"unknown device {request!r}; choose one of {', '.join(DEVICES)}")
+    cuda = torch.cuda.is_available()
+    if request == "cuda" and not cuda:
+        reason = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+        print(f"mixcodec: --device cuda: {reason} (torch {torch.__version__}); training on the CPU", file=sys.stderr)
+    return "cuda" if cuda and request != "cpu" else "cpu"
+
+
+def _distributed_setup(device: str) -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)`` for a device type from :func:`resolve_device`; joins the
+    process group when launched by ``torchrun``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    torch.distributed.init_process_group(backend)
+        return 0, 1, torch.device(device)
+    torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
     rank = torch.distributed.get_rank()
-    if torch.cuda.is_available():
+    if device == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
@@ -284,10 +310,13 @@ def _distributed_setup() -> tuple[int, int, torch.device]:
 
 def train(
     cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: Path | None = None, max_minutes: float | None = None,
-    val: Path | None = None, tensorboard: bool = False,
+    val: Path | None = None, tensorboard: bool = False, device: str = "auto",
 ) -> ContextMixtureModel:
     """Train (or continue) a model; returns it after writing ``out/last.pt``.
 
+    ``data``: a folder of training images or a packed-crop file (:mod:`.data`).
+    ``device``: ``auto``, ``cpu`` or ``cuda`` (:func:`resolve_device`); with ``cfg.bf16``
+    the forward pass runs under bf16 autocast on that device.
     ``val``: a folder of images (e.g. Kodak) coded to real files every ``cfg.val_every``
     steps and at the end (first ``cfg.val_images``); results in ``out/val.csv``.
     ``tensorboard``: also write the log lines and validation results as TensorBoard
@@ -298,7 +327,7 @@ def train(
     ``max_minutes`` stops early (with a checkpoint), e.g. to fit a time slot; so does
     SIGTERM or SIGINT (Ctrl-C), after the step under way.
     """
-    rank, world, device = _distributed_setup()
+    rank, world, device = _distributed_setup(resolve_device(device))
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -314,8 +343,8 @@ def train(
     aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
     step = 0
     ckpt_path = out / "last.pt"
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if resume and checkpoint_exists(ckpt_path):
+        state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         aux_optimizer.load_state_dict(state["aux_optimizer"])
@@ -383,7 +412,7 @@ def train(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
                 "step": step, "config": model.config.to_json(), "train_config": dataclasses.asdict(cfg),
             }
-            atomic_save(state, ckpt_path)
+            atomic_save(state, ckpt_path, int(cfg.checkpoint_part_mib * 2**20))
             last_save = time.monotonic()
         if val_images and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps or (out_of_time and not stop.requested)):
             points = validate(model, cfg, val_images, out, step)
@@ -402,29 +431,14 @@ def train(
     return model
 
 
-class CropDataset(torch.utils.data.IterableDataset):
-    """Endless batches of :class:`CropSampler` crops, for a ``DataLoader`` with workers
-    (each worker samples with its own seed; ``batch_size=None`` in the loader)."""
-
-    def __init__(self, folder: Path, crop: int, min_downscale: float, batch: int, seed: int):
-        super().__init__()
-        self.folder, self.crop, self.min_downscale, self.batch, self.seed = folder, crop, min_downscale, batch, seed
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
-        sampler = CropSampler(self.folder, self.crop, self.min_downscale, seed=self.seed + 104729 * worker)
-        while True:
-            yield sampler.sample(self.batch)
-
-
 def validate(model: ContextMixtureModel, cfg: TrainConfig, images: list[Path], out: Path, step: int) -> list[dict[str, float]]:
     """Real-file bpp, PSNR-RGB and MS-SSIM of the current weights (exported as they would
     be shipped, fp16) on ``images`` at every quality; appended to ``out/val.csv``."""
     from . import eval as ev
     from .models.registry import export
 
-    infos = export(model.state_dict(), model.config, out / "val.safetensors", name="val", lmbdas=cfg.lmbdas, metric=cfg.metric)
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    infos = export(state, model.config, out / "val.safetensors", name="val", lmbdas=cfg.lmbdas, metric=cfg.metric)
     points = ev.mean_curve(ev.evaluate(ev.learned_codec(infos), images))["val"]
     results = [{"step": step, "quality": int(p["quality"]), "bpp": p["bpp"], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"]} for p in points]
     path = out / "val.csv"
