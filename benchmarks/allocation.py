@@ -48,7 +48,7 @@ def main() -> None:
         from PIL import Image
 
         from mixcodec.models.registry import installed_models
-        from mixcodec.train import list_images
+        from mixcodec.data import list_images
 
         infos = sorted((i for i in installed_models() if i.name == args.models), key=lambda i: i.quality)
         paths = list_images(args.dataset)

@@ -102,7 +102,7 @@ def main() -> None:
 
     from mixcodec.eval import environment
     from mixcodec.models.registry import installed_models
-    from mixcodec.train import list_images
+    from mixcodec.data import list_images
 
     images = [str(p) for p in list_images(args.dataset)[: args.limit]]
     jobs = [("mixcodec", f"{i.name}:{i.quality}") for i in installed_models()]

@@ -21,7 +21,7 @@ from mixcodec import codec
 from mixcodec.eval import environment
 from mixcodec.losses import bits_per_image
 from mixcodec.models.registry import find_model, load_model
-from mixcodec.train import list_images
+from mixcodec.data import list_images
 
 
 def main() -> None:

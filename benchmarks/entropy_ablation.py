@@ -38,7 +38,7 @@ from mixcodec.eval import environment
 from mixcodec.models.context_model import ContextMixtureModel
 from mixcodec.models.registry import export, find_model, load_model, read_infos
 from mixcodec.refit import REFIT_MODULES, cached_latents, refit
-from mixcodec.train import list_images
+from mixcodec.data import list_images
 
 
 def variant(base: ContextMixtureModel, family: str, seed: int) -> ContextMixtureModel:

@@ -30,7 +30,7 @@ from PIL import Image
 from mixcodec import codec
 from mixcodec.eval import environment, psnr_rgb
 from mixcodec.models.registry import find_model, load_model
-from mixcodec.train import list_images
+from mixcodec.data import list_images
 
 BLOCK = 16  # pixels per latent position along each side
 

@@ -64,7 +64,7 @@ def main() -> None:
     from mixcodec import codec
     from mixcodec.eval import environment
     from mixcodec.models.registry import find_model, load_model
-    from mixcodec.train import list_images
+    from mixcodec.data import list_images
 
     torch.set_num_threads(args.threads)
     info = find_model(args.model, args.quality)

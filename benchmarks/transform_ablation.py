@@ -32,7 +32,8 @@ from pathlib import Path
 from mixcodec import eval as ev
 from mixcodec.models.registry import export
 from mixcodec.models.transforms import BACKBONES
-from mixcodec.train import TrainConfig, list_images, train
+from mixcodec.data import list_images
+from mixcodec.train import TrainConfig, train
 
 
 def seconds_per_step(log: Path) -> float:
