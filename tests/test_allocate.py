@@ -242,3 +242,30 @@ def test_scale_benchmark_reports_gaps_that_hold(tmp_path):
         if "dp_s" in r:
             assert -1e-9 <= r["true_gap_mean"] <= r["gap_mean"] + 1e-9
 
+
+def test_kattolab_track_from_reused_rows(tiny_ladder, tmp_path):
+    """benchmarks/kattolab_track.py on measured rows only (nothing coded): per-quality means, an
+    infeasible budget said as such, an allocation within budget and not worse than the best single quality."""
+    from PIL import Image
+
+    from mixcodec.eval import Row, write_rows
+
+    data = tmp_path / "images"
+    data.mkdir()
+    rows = []
+    for i in range(4):
+        Image.new("RGB", (8, 8)).save(data / f"{i}.png")  # only listed: every row is reused
+        for q in (1, 2):
+            size = 1000 * q + 300 * i
+            rows.append(Row("ladder", float(q), f"{i}.png", size, 8 * size / 40_000, 25.0 + q, 0.9 + 0.02 * q + 0.01 * i, 10.0, 0.0, 0.0))
+    write_rows(rows, tmp_path / "rows.csv")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "kattolab_track.py"), str(data), "--model", "ladder", "--reuse", str(tmp_path / "rows.csv"),
+                           "--budgets", "0.1,0.35", "-o", str(tmp_path / "k.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 coded" in proc.stdout and "infeasible" in proc.stdout and "Kattolab" in proc.stdout
+    report = json.loads((tmp_path / "k.json").read_text())
+    assert [p["bpp"] for p in report["single"]] == pytest.approx([8 * 1450 / 40_000, 8 * 2450 / 40_000])
+    infeasible, allocated = report["allocation"]
+    assert infeasible["infeasible_min_bpp"] == pytest.approx(8 * 1450 / 40_000)
+    assert allocated["allocated"]["bpp"] <= 0.35 and allocated["allocated"]["method"] == "dp"
+    assert allocated["gain"] >= 0 and allocated["best_single"]["quality"] == 1
