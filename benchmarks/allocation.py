@@ -5,8 +5,8 @@
 
 Every image is coded with every quality of the model set (real files; or the rows of an
 earlier ``mixcodec eval`` / ``mixcodec export --rows``, which hold the same real file
-sizes).  For each budget (bpp over the whole set) and each metric, the knapsack DP
-chooses one quality per image; the best single quality under the same budget is the
+sizes).  For each budget (bpp over the whole set) and each metric,
+:func:`mixcodec.allocate.allocate` chooses one quality per image (the exact DP at this size); the best single quality under the same budget is the
 baseline.  Prints a table and writes JSON with the machine and versions.
 """
 
@@ -77,7 +77,7 @@ def main() -> None:
             key = "psnr" if metric == "psnr" else "ms_ssim"
             gain = ours[key] - base[key] if base else float("nan")
             results.append({"budget_bpp": budget, "metric": metric, "allocated": ours, "best_single": base,
-                            "best_single_quality": single and single["quality"], "gain": gain})
+                            "best_single_quality": single and single["quality"], "gain": gain, "method": report["method"], "gap": report["gap"]})
             if base:
                 print(f"{budget:>7.3f} {metric:>8} | {ours['bpp']:>13.4f} {ours['psnr']:>6.2f} {ours['ms_ssim']:>8.4f} | "
                       f"{'q' + str(single['quality']):>6} {base['bpp']:>6.4f} {base['psnr']:>6.2f} {base['ms_ssim']:>8.4f} | "

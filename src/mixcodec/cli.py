@@ -312,10 +312,12 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
 @click.option("--target-bpp", type=float, required=True, help="Budget for the whole set, in bits per pixel.")
 @click.option("--metric", type=click.Choice(["ms-ssim", "psnr"]), default="ms-ssim", show_default=True, help="Quality to maximize (mean over images).")
 @click.option("--models", default=DEFAULT_MODEL, show_default=True, help="Installed model name (all its qualities) or comma-separated weight files.")
+@click.option("--method", type=click.Choice(["auto", "dp", "lagrangian"]), default="auto", show_default=True,
+              help="dp: exact; lagrangian: convex-hull bound and repair, for thousands of images, with its gap; auto: dp on small tables.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False))
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def allocate_command(dataset, target_bpp, metric, models, out, force) -> None:
-    """Choose one model per image to maximize mean quality under a total size budget (knapsack DP)."""
+def allocate_command(dataset, target_bpp, metric, models, method, out, force) -> None:
+    """Choose one model per image to maximize mean quality under a total size budget (multiple-choice knapsack)."""
     from tqdm import tqdm
 
     from . import allocate as al
@@ -332,9 +334,13 @@ def allocate_command(dataset, target_bpp, metric, models, out, force) -> None:
     with tqdm(total=len(paths) * len(infos), unit="file", file=sys.stderr) as bar:
         table = al.encode_candidates(paths, infos, progress=lambda: bar.update(1))
     try:
-        report = al.allocate(table, pixels, target_bpp, metric)
+        report = al.allocate(table, pixels, target_bpp, metric, method)
     except al.InfeasibleBudget as exc:
         raise BadInput(f"target of {target_bpp} bpp is infeasible: the smallest files give {8 * exc.minimum / sum(pixels):.4f} bpp") from None
+    except MemoryError as exc:
+        raise BadInput(f"{exc} for --method dp (try --method auto)") from None
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for row, j in zip(table, report["choice"]):
@@ -346,6 +352,10 @@ def allocate_command(dataset, target_bpp, metric, models, out, force) -> None:
     (out / "allocation.json").write_text(json.dumps(report, indent=1))
     single = report["best_single_model"]
     click.echo(f"allocated: {report['bytes']} B = {report['bpp']:.4f} bpp (budget {report['budget_bytes']} B), mean {report['metric']} {report['mean_score']:.4f}")
+    if report["method"] == "dp":
+        click.echo("method: dp (exact optimum)")
+    else:
+        click.echo(f"method: lagrangian, gap {report['gap']:.2e} (no choice under the budget has a mean {report['metric']} above {report['bound_mean_score']:.6f})")
     if single:
         click.echo(f"best single model under the same budget: q{single['quality']} {single['bpp']:.4f} bpp, mean {report['metric']} {single['mean_score']:.4f}")
     else:
