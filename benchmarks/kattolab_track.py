@@ -70,7 +70,7 @@ def main() -> None:
 
     from mixcodec import allocate as al
     from mixcodec import eval as ev
-    from mixcodec.train import list_images
+    from mixcodec.data import list_images
 
     infos = sorted(model_infos(args.model, args.weights), key=lambda i: i.quality)
     if not infos:

@@ -25,7 +25,6 @@ from pytorch_msssim import ms_ssim
 
 from . import __version__, codec
 from .models.registry import ModelInfo
-from .data import list_images
 
 
 @dataclass
