@@ -2,10 +2,14 @@
 
 ``mixcodec.compress(image, model="gllmm", quality=None) -> bytes`` and
 ``mixcodec.decompress(data) -> PIL.Image.Image``; see :mod:`mixcodec.codec`.
+Importing the package registers ``.mxc`` with Pillow (:mod:`mixcodec.pillow_plugin`).
 """
 
 __version__ = "0.1.0"
 
+from . import pillow_plugin  # noqa: E402
 from .codec import compress, decompress  # noqa: E402
+
+pillow_plugin.register()
 
 __all__ = ["compress", "decompress", "__version__"]

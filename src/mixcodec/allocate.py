@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 
 from . import codec
+from . import metadata as photo_metadata
+from .bitstream import Metadata
 from .models.registry import ModelInfo
 
 #: Largest DP table (images x budget cells, one byte each) :func:`solve_dp` builds.
@@ -279,17 +281,20 @@ class Candidate:
     data: bytes | None = None
 
 
-def encode_candidates(paths: list[Path], infos: list[ModelInfo], progress=None) -> list[list[Candidate]]:
-    """Every image coded with every model (real files, decoded and measured once)."""
+def encode_candidates(paths: list[Path], infos: list[ModelInfo], progress=None, strip: bool = False) -> list[list[Candidate]]:
+    """Every image coded with every model (real files, decoded and measured once): upright,
+    as RGB, with the image's ICC profile, EXIF and XMP unless ``strip`` (counted in the sizes)."""
     from .eval import ms_ssim_rgb, psnr_rgb
 
     table = []
     for path in paths:
         with Image.open(path) as im:
-            original = np.asarray(im.convert("RGB"))
+            upright = photo_metadata.upright(im)
+        original = np.asarray(upright.convert("RGB"))
+        kept = Metadata() if strip else photo_metadata.read(upright, "RGB")
         row = []
         for info in infos:
-            data = codec.compress(original, model=info)
+            data = codec.compress(original, model=info, metadata=kept)
             decoded = np.asarray(codec.decompress(data, model=info).convert("RGB"))
             row.append(Candidate(path.name, info.name, info.quality, len(data), psnr_rgb(original, decoded), ms_ssim_rgb(original, decoded), data))
             if progress:

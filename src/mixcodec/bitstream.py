@@ -3,7 +3,7 @@
 Layout (all integers big-endian)::
 
     magic        4 bytes  b"MXC\\x89"
-    version      u8       FORMAT_VERSION
+    version      u8       PIXELS_ONLY_VERSION (2) without metadata, FORMAT_VERSION (3) with
     name_len     u8       length of the model name
     name         name_len bytes, ASCII
     quality      u16      quality of the model in units of 1/256 (1 .. Q; between two
@@ -18,18 +18,34 @@ Layout (all integers big-endian)::
     z_len        u32      bytes of the z stream
     y_len        u32      bytes of the y stream
     z stream, y stream
+    metadata     (version 3 only) the metadata section below
     crc32        u32      CRC-32 of every byte before it
 
-:func:`parse` validates everything (magic, version, lengths, limits, CRC) before
-any decoding work starts, so corrupted or truncated files fail fast with a
-:class:`FormatError`.
+Metadata section (version 3)::
+
+    count        u8       number of chunks, 1 .. 3
+    count times:
+      tag        4 bytes  b"ICCP" (ICC profile of the colour space of the mode: RGB or GRAY),
+                          b"EXIF" (the TIFF structure of the EXIF block, without JPEG's
+                          b"Exif\\0\\0" prefix), b"XMP " (UTF-8 XMP packet)
+      length     u32      bytes of the chunk, 1 .. MAX_METADATA_BYTES
+      data       length bytes
+
+Chunks appear at most once each, in the order above, and hold at most
+:data:`MAX_METADATA_BYTES` together.  A file without metadata is written as
+version 2, byte for byte the layout of before; version 3 is version 2 plus the
+metadata section, so the pixel streams of an image are the same in both.
+
+:func:`parse` validates everything (magic, version, lengths, limits, metadata,
+CRC) before any decoding work starts, so corrupted or truncated files fail fast
+with a :class:`FormatError`.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -37,7 +53,13 @@ from .context_coding import SCHEDULES
 from .models.context_model import QUALITY_RESOLUTION
 
 MAGIC = b"MXC\x89"
-FORMAT_VERSION = 2
+#: Version of files with a metadata section.
+FORMAT_VERSION = 3
+#: Version of files without metadata (the layout before metadata existed).
+PIXELS_ONLY_VERSION = 2
+READABLE_VERSIONS = (PIXELS_ONLY_VERSION, FORMAT_VERSION)
+#: Bound on the metadata of one file (all chunks' data together), in bytes.
+MAX_METADATA_BYTES = 1 << 22
 MAX_SIDE = 1 << 15
 #: Largest image (pixels) the codec accepts; bounds memory use of the transforms.
 MAX_PIXELS = 1 << 24
@@ -47,6 +69,53 @@ SCHEDULE_IDS = SCHEDULES  # stored as the index into this tuple
 
 class FormatError(ValueError):
     """A byte string is not a valid ``.mxc`` file."""
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a file carries besides the pixels; ``b""`` is absent.
+
+    Attributes:
+        icc_profile: ICC colour profile, of the colour space of the image's mode
+            (:data:`ICC_COLOUR_SPACES`).
+        exif: TIFF structure of the EXIF block (starts with ``II*\\0`` or ``MM\\0*``).
+        xmp: XMP packet, UTF-8.
+    """
+
+    icc_profile: bytes = b""
+    exif: bytes = b""
+    xmp: bytes = b""
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+    def size(self) -> int:
+        """Bytes the metadata section takes in a file (0 without metadata)."""
+        return len(_pack_metadata(self))
+
+
+#: Chunk tag of each :class:`Metadata` field, in the order chunks are stored.
+METADATA_TAGS = {"icc_profile": b"ICCP", "exif": b"EXIF", "xmp": b"XMP "}
+#: ICC data colour space signature (profile header bytes 16..19) that each mode's profile has.
+ICC_COLOUR_SPACES = {"RGB": b"RGB ", "L": b"GRAY"}
+
+
+def check_metadata(metadata: Metadata, mode: str) -> None:
+    """Raise ``ValueError`` (one-line reason) for metadata a file of ``mode`` cannot carry."""
+    total = sum(len(getattr(metadata, name)) for name in METADATA_TAGS)
+    if total > MAX_METADATA_BYTES:
+        raise ValueError(f"{total} bytes of metadata exceed the limit of {MAX_METADATA_BYTES}")
+    icc, exif, xmp = metadata.icc_profile, metadata.exif, metadata.xmp
+    if icc and (len(icc) < 132 or icc[36:40] != b"acsp"):
+        raise ValueError("the ICC profile is malformed (no 'acsp' signature)")
+    if icc and icc[16:20] != ICC_COLOUR_SPACES[mode]:
+        raise ValueError(f"an ICC profile of colour space {icc[16:20].decode('latin-1').strip()!r} does not fit a {mode} image")
+    if exif and (len(exif) < 8 or exif[:4] not in (b"II*\0", b"MM\0*")):
+        raise ValueError("the EXIF block is malformed (no TIFF header)")
+    try:
+        xmp.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the XMP packet is not UTF-8") from None
 
 
 @dataclass
@@ -62,6 +131,7 @@ class Header:
     schedule: str
     active: np.ndarray  # sorted indices of coded latent channels
     channels: int
+    metadata: Metadata = field(default_factory=Metadata)
 
 
 def check_size(height: int, width: int) -> None:
@@ -72,15 +142,56 @@ def check_size(height: int, width: int) -> None:
         raise ValueError(f"image of {width}x{height} pixels exceeds the limit of {MAX_PIXELS} pixels")
 
 
+def _pack_metadata(metadata: Metadata) -> bytes:
+    """The metadata section of a version-3 file (``b""`` for no metadata)."""
+    chunks = [(tag, getattr(metadata, name)) for name, tag in METADATA_TAGS.items() if getattr(metadata, name)]
+    if not chunks:
+        return b""
+    return struct.pack(">B", len(chunks)) + b"".join(tag + struct.pack(">I", len(data)) + data for tag, data in chunks)
+
+
+def _parse_metadata(reader: "_Reader", mode: str) -> Metadata:
+    """Read and validate the metadata section of a version-3 file of ``mode``."""
+    (count,) = reader.unpack(">B")
+    if not 1 <= count <= len(METADATA_TAGS):
+        raise FormatError(f"bad number of metadata chunks {count}")
+    order = list(METADATA_TAGS.values())
+    found, last, total = {}, -1, 0
+    for _ in range(count):
+        tag, length = reader.unpack(">4sI")
+        if tag not in order:
+            raise FormatError(f"unknown metadata chunk {tag!r}")
+        if order.index(tag) <= last:
+            raise FormatError("metadata chunks repeated or out of order")
+        total += length
+        if length == 0 or total > MAX_METADATA_BYTES:
+            raise FormatError(f"bad metadata chunk length {length}")
+        last = order.index(tag)
+        found[tag] = reader.take(length)
+    metadata = Metadata(**{name: found.get(tag, b"") for name, tag in METADATA_TAGS.items()})
+    try:
+        check_metadata(metadata, mode)
+    except ValueError as exc:
+        raise FormatError(str(exc)) from None
+    return metadata
+
+
 def pack(header: Header, z_stream: bytes, y_stream: bytes) -> bytes:
-    """Serialize a header and its two streams into a complete file."""
+    """Serialize a header and its two streams into a complete file (version 2 without
+    metadata, version 3 with it).
+
+    Raises:
+        ValueError: the metadata fails :func:`check_metadata`.
+    """
+    check_metadata(header.metadata, header.mode)
     name = header.model.encode("ascii")
     flags = np.zeros(header.channels, dtype=np.uint8)
     flags[header.active] = 1
+    version = FORMAT_VERSION if header.metadata else PIXELS_ONLY_VERSION
     body = b"".join(
         [
             MAGIC,
-            struct.pack(">BB", FORMAT_VERSION, len(name)),
+            struct.pack(">BB", version, len(name)),
             name,
             struct.pack(">H", round(header.quality * QUALITY_RESOLUTION)),
             header.digest,
@@ -89,6 +200,7 @@ def pack(header: Header, z_stream: bytes, y_stream: bytes) -> bytes:
             struct.pack(">II", len(z_stream), len(y_stream)),
             z_stream,
             y_stream,
+            _pack_metadata(header.metadata),
         ]
     )
     return body + struct.pack(">I", zlib.crc32(body))
@@ -122,8 +234,8 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
     reader = _Reader(data[:-4])
     reader.take(len(MAGIC))
     version, name_len = reader.unpack(">BB")
-    if version != FORMAT_VERSION:
-        raise FormatError(f"unsupported format version {version} (this build reads {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(f"unsupported format version {version} (this build reads {', '.join(map(str, READABLE_VERSIONS))})")
     try:
         name = reader.take(name_len).decode("ascii")
     except UnicodeDecodeError as exc:
@@ -142,7 +254,10 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
     flags = np.unpackbits(np.frombuffer(reader.take((channels + 7) // 8), dtype=np.uint8), bitorder="little")
     z_len, y_len = reader.unpack(">II")
     z_stream, y_stream = reader.take(z_len), reader.take(y_len)
+    metadata = _parse_metadata(reader, MODES[mode]) if version == FORMAT_VERSION else Metadata()
     if reader.pos != len(reader.data):
         raise FormatError("trailing bytes after the streams")
-    header = Header(name, quality / QUALITY_RESOLUTION, digest, height, width, MODES[mode], SCHEDULE_IDS[schedule], np.flatnonzero(flags[:channels]), channels)
+    header = Header(
+        name, quality / QUALITY_RESOLUTION, digest, height, width, MODES[mode], SCHEDULE_IDS[schedule], np.flatnonzero(flags[:channels]), channels, metadata
+    )
     return header, z_stream, y_stream

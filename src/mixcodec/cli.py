@@ -18,7 +18,8 @@ import click
 from PIL import Image, UnidentifiedImageError
 
 from . import bitstream
-from .bitstream import FormatError
+from . import metadata as photo_metadata
+from .bitstream import FormatError, Metadata
 from .codec import InputError, compress, decompress
 from .models.registry import DEFAULT_MODEL, ModelNotFound, find_model, installed_models
 
@@ -52,8 +53,27 @@ def write_atomic(path: Path, data: bytes, force: bool) -> None:
         raise
 
 
+#: Pillow plugins for more input formats, used when installed: (module, function that
+#: registers it, or ``None`` where importing registers).
+OPTIONAL_OPENERS = (("pillow_heif", "register_heif_opener"), ("pillow_jxl", None))
+
+
+def _register_optional_openers() -> None:
+    import importlib
+
+    for module_name, function in OPTIONAL_OPENERS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        if function is not None:
+            getattr(module, function)()
+
+
 def open_image(path: Path) -> Image.Image:
-    """Open and fully decode an image, checking its size before decoding pixels."""
+    """Open and fully decode an image (any format Pillow and the installed
+    :data:`OPTIONAL_OPENERS` read), checking its size before decoding pixels."""
+    _register_optional_openers()
     Image.MAX_IMAGE_PIXELS = bitstream.MAX_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -111,19 +131,22 @@ def _run_each(inputs, outputs, job, force: bool) -> None:
 FIT_STEPS = 6
 
 
-def _largest_that_fits(image: Image.Image, model: str, levels: int, limit: int) -> bytes:
-    """The file of the highest quality of ``model`` whose size is at most ``limit`` bytes:
-    the highest level that fits, then bisection towards the next level (file sizes grow
-    with the quality)."""
+def _largest_that_fits(image: Image.Image, model: str, levels: int, limit: int, metadata: Metadata | None = None) -> bytes:
+    """The file of the highest quality of ``model`` whose size (metadata included) is at most
+    ``limit`` bytes: the highest level that fits, then bisection towards the next level (file
+    sizes grow with the quality).  ``metadata`` as :func:`mixcodec.compress` takes it."""
     files = {}
 
     def size(quality: float) -> int:
-        files[quality] = compress(image, model=find_model(model, quality))
+        files[quality] = compress(image, model=find_model(model, quality), metadata=metadata)
         return len(files[quality])
 
     fitting = next((q for q in range(levels, 0, -1) if size(q) <= limit), None)
     if fitting is None:
-        raise InputError(f"even the lowest quality needs {len(files[1])} bytes ({8 * len(files[1]) / (image.width * image.height):.4f} bpp), over the limit of {limit}")
+        smallest = files[1]
+        extra = bitstream.parse(smallest)[0].metadata.size()
+        note = f", {extra} of them metadata (--strip drops it)" if extra else ""
+        raise InputError(f"even the lowest quality needs {len(smallest)} bytes ({8 * len(smallest) / (image.width * image.height):.4f} bpp{note}), over the limit of {limit}")
     low, high = float(fitting), float(fitting + 1)
     if fitting < levels:
         for _ in range(FIT_STEPS):
@@ -162,9 +185,11 @@ def main() -> None:
 @click.option("--quality", type=float, default=None, help="1 to the model's number of levels, fractions between levels (default: the middle level).")
 @click.option("--target-bpp", type=float, help="Highest quality (to 1/64 of a level) whose file fits this many bits per pixel.")
 @click.option("--max-bytes", type=int, help="Highest quality (to 1/64 of a level) whose file fits this many bytes.")
+@click.option("--strip", is_flag=True, help="Leave out the ICC profile, EXIF and XMP (kept by default; the orientation is applied either way).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_bytes, force) -> None:
-    """Compress images to .mxc files (default: next to each input)."""
+def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_bytes, strip, force) -> None:
+    """Compress images to .mxc files (default: next to each input), upright and with their
+    colour profile, EXIF and XMP; sizes and --target-bpp/--max-bytes count the metadata."""
     if (target_bpp is not None or max_bytes is not None) and quality is not None:
         raise BadInput("--quality cannot be combined with --target-bpp/--max-bytes")
     try:
@@ -173,30 +198,51 @@ def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_by
         raise BadInput(str(exc)) from None
     outs = _outputs(inputs, output, out_dir, ".mxc")
 
+    metadata = Metadata() if strip else None
+
     def job(path: Path) -> bytes:
         image = open_image(path)
         if target_bpp is None and max_bytes is None:
-            return compress(image, model=info)
+            return compress(image, model=info, metadata=metadata)
         limit = max_bytes if max_bytes is not None else int(target_bpp * image.width * image.height / 8)
-        return _largest_that_fits(image, model, info.config.qualities, limit)
+        return _largest_that_fits(image, model, info.config.qualities, limit, metadata)
 
     _run_each(inputs, outs, job, force)
 
 
+def output_format(path: Path) -> str:
+    """The Pillow format that writes ``path``, by its extension (``BadInput`` for none)."""
+    from .pillow_plugin import FORMAT
+
+    suffix = path.suffix.lower()
+    name = Image.registered_extensions().get(suffix)
+    if name is None or name not in Image.SAVE or name == FORMAT:
+        raise BadInput(f"{path}: no image format to write for the extension {suffix!r} (e.g. .png, .jpg, .webp, .tif)")
+    return name
+
+
 @main.command("decompress")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Output PNG (one input only).")
-@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Output image (one input only); its extension chooses the format: .png, .jpg, .webp, .tif, ...")
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs (PNG).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 def decompress_command(inputs, output, out_dir, force) -> None:
-    """Decode .mxc files to PNG images (default: next to each input)."""
+    """Decode .mxc files to images with their colour profile, EXIF and XMP (default: PNG next to
+    each input; lossless WebP, JPEG at quality 95 without chroma subsampling)."""
     outs = _outputs(inputs, output, out_dir, ".png")
+    formats = {src: output_format(dst) for src, dst in zip(inputs, outs)}
 
     def job(path: Path) -> bytes:
         import io
 
+        image = decompress(path.read_bytes())
+        options, dropped = photo_metadata.save_options(image, formats[path])
+        if dropped:
+            names = ", ".join(photo_metadata.LABELS[key] for key in dropped)
+            click.echo(f"mixcodec: note: {path}: {formats[path]} files do not carry the {names}; written without", err=True)
         buffer = io.BytesIO()
-        decompress(path.read_bytes()).save(buffer, format="PNG")
+        image.save(buffer, format=formats[path], **options)
         return buffer.getvalue()
 
     _run_each(inputs, outs, job, force)
@@ -212,11 +258,35 @@ def info_command(path: Path) -> None:
     except (OSError, FormatError) as exc:
         raise BadInput(f"{path}: {exc}") from None
     pixels = header.height * header.width
+    extra = header.metadata.size()
     click.echo(f"model:    {header.model} quality {header.quality:g} (weights {header.digest.hex()})")
     click.echo(f"image:    {header.width}x{header.height} {header.mode}")
     click.echo(f"bytes:    {len(data)} ({8 * len(data) / pixels:.4f} bpp)")
-    click.echo(f"streams:  z {len(z_stream)} B, y {len(y_stream)} B, header+crc {len(data) - len(z_stream) - len(y_stream)} B")
+    click.echo(f"streams:  z {len(z_stream)} B, y {len(y_stream)} B, header+crc {len(data) - len(z_stream) - len(y_stream) - extra} B")
+    click.echo(f"metadata: {_describe_metadata(header.metadata)}")
     click.echo(f"latents:  {header.active.size}/{header.channels} channels coded, {header.schedule} schedule")
+
+
+def _describe_metadata(metadata: Metadata) -> str:
+    """One line: each chunk's size (and the ICC profile's description), and the bytes they take."""
+    if not metadata:
+        return "none"
+    parts = []
+    if metadata.icc_profile:
+        parts.append(f"ICC profile {len(metadata.icc_profile)} B ({_icc_description(metadata.icc_profile)})")
+    parts += [f"{label} {len(data)} B" for label, data in (("EXIF", metadata.exif), ("XMP", metadata.xmp)) if data]
+    return ", ".join(parts) + f"; {metadata.size()} B in the file"
+
+
+def _icc_description(icc_profile: bytes) -> str:
+    import io
+
+    try:
+        from PIL import ImageCms
+
+        return ImageCms.ImageCmsProfile(io.BytesIO(icc_profile)).profile.profile_description
+    except (ImportError, OSError):  # Pillow without LittleCMS, or a profile it cannot read (PyCMSError is an OSError)
+        return "no description"
 
 
 @main.command("models")
@@ -315,8 +385,9 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
 @click.option("--method", type=click.Choice(["auto", "dp", "lagrangian"]), default="auto", show_default=True,
               help="dp: exact; lagrangian: convex-hull bound and repair, for thousands of images, with its gap; auto: dp on small tables.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--strip", is_flag=True, help="Leave out the images' ICC profile, EXIF and XMP (kept and counted in the budget by default).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def allocate_command(dataset, target_bpp, metric, models, method, out, force) -> None:
+def allocate_command(dataset, target_bpp, metric, models, method, out, strip, force) -> None:
     """Choose one model per image to maximize mean quality under a total size budget (multiple-choice knapsack)."""
     from tqdm import tqdm
 
@@ -332,7 +403,7 @@ def allocate_command(dataset, target_bpp, metric, models, method, out, force) ->
         with Image.open(p) as im:
             pixels.append(im.width * im.height)
     with tqdm(total=len(paths) * len(infos), unit="file", file=sys.stderr) as bar:
-        table = al.encode_candidates(paths, infos, progress=lambda: bar.update(1))
+        table = al.encode_candidates(paths, infos, progress=lambda: bar.update(1), strip=strip)
     try:
         report = al.allocate(table, pixels, target_bpp, metric, method)
     except al.InfeasibleBudget as exc:

@@ -5,6 +5,9 @@ Input conversion rule: RGB images are coded as they are; grayscale (``L``, ``1``
 ``L``; 16-bit and 32-bit integer images are reduced to 8 bits (``round(v / 257)``);
 palette and CMYK/YCbCr images are converted to RGB by Pillow; an alpha channel is
 dropped when fully opaque and refused otherwise (flatten it first).
+
+A PIL image is coded upright (its EXIF orientation applied) and, by default, with its
+ICC profile, EXIF and XMP; see :mod:`mixcodec.metadata`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import bitstream, context_coding
+from . import metadata as photo_metadata
 from .entropy.distributions import LATENT_MAX, LATENT_MIN
 from .models.context_model import PAD_MULTIPLE, ContextMixtureModel
 from .models.registry import DEFAULT_MODEL, ModelInfo, find_model, load_model
@@ -92,26 +96,48 @@ def reconstruct(model: ContextMixtureModel, y_hat: torch.Tensor, quality: float,
 
 
 def compress(
-    image: Image.Image | np.ndarray, model: str | ModelInfo = DEFAULT_MODEL, quality: float | None = None, schedule: str = "wavefront"
+    image: Image.Image | np.ndarray,
+    model: str | ModelInfo = DEFAULT_MODEL,
+    quality: float | None = None,
+    schedule: str = "wavefront",
+    metadata: bitstream.Metadata | None = None,
 ) -> bytes:
     """Compress an image into the bytes of a ``.mxc`` file.
 
     Args:
-        image: PIL image (converted by the module's rule) or HxWx3 uint8 array.
+        image: PIL image (turned upright by its EXIF orientation, then converted by the
+            module's rule) or HxWx3 uint8 array (coded as it is).
         model: installed model name, path of a weight file, or a :class:`ModelInfo`.
         quality: from 1 to the model's number of trained levels; fractional values lie
             between two levels (default: the middle level).  Ignored for a :class:`ModelInfo`.
         schedule: context decoding order, ``"wavefront"`` (fast) or ``"raster"``.
+        metadata: what the file carries besides the pixels.  ``None``: the image's own
+            (a PIL image's ICC profile, EXIF without orientation and XMP,
+            :func:`mixcodec.metadata.read`; nothing for an array); a
+            :class:`~mixcodec.bitstream.Metadata` is stored as given (``Metadata()``:
+            none, as ``compress --strip``).  A file without metadata is the same
+            (format version 2) as before metadata existed.
+
+    Raises:
+        InputError: the image or its metadata is not accepted.
     """
     info = model if isinstance(model, ModelInfo) else find_model(model, quality)
+    if isinstance(image, Image.Image):
+        image = photo_metadata.upright(image)
     array, mode = to_rgb_array(image)
+    if metadata is None:
+        metadata = photo_metadata.read(image, mode) if isinstance(image, Image.Image) else bitstream.Metadata()
+    try:
+        bitstream.check_metadata(metadata, mode)
+    except ValueError as exc:
+        raise InputError(f"{exc} (compress --strip drops the metadata)") from None
     net = load_model(info)
     x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
     y_hat, z_hat = quantize_latents(net, _pad(x), info.quality)
     z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule, _entropy_path(net))
     header = bitstream.Header(
         model=info.name, quality=info.quality, digest=info.digest, height=array.shape[0], width=array.shape[1],
-        mode=mode, schedule=schedule, active=active, channels=info.config.m,
+        mode=mode, schedule=schedule, active=active, channels=info.config.m, metadata=metadata,
     )
     return bitstream.pack(header, z_stream, y_stream)
 
@@ -132,7 +158,8 @@ def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstre
 
 
 def decompress(data: bytes, model: ModelInfo | None = None) -> Image.Image:
-    """Decode the bytes of a ``.mxc`` file to a PIL image (``RGB``, or ``L`` for grayscale input).
+    """Decode the bytes of a ``.mxc`` file to a PIL image (``RGB``, or ``L`` for grayscale input)
+    whose ``info`` holds the file's metadata (:func:`mixcodec.metadata.attach`).
 
     Raises:
         bitstream.FormatError: the data is not a valid file.
@@ -141,4 +168,4 @@ def decompress(data: bytes, model: ModelInfo | None = None) -> Image.Image:
     header, net, y_hat = decode_latents(data, model)
     array = reconstruct(net, y_hat, header.quality, header.height, header.width)
     image = Image.fromarray(array, "RGB")
-    return image.convert("L") if header.mode == "L" else image
+    return photo_metadata.attach(image.convert("L") if header.mode == "L" else image, header.metadata)
