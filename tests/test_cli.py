@@ -131,6 +131,6 @@ def test_models_lists_each_installed_model_with_its_numbers(tiny_ladder):
     proc = mixcodec("models")
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("ladder")]
-    assert [r[:4] for r in rows] == [["ladder", "1", "8", "8"], ["ladder", "2", "8", "8"]]  # one file, two qualities; N, M
-    assert all(r[6:9] == ["-", "-", "-"] for r in rows)  # not measured
-    assert all(float(r[9]) > 0 and len(r[10]) == 16 for r in rows)  # MB, sha256 prefix
+    assert [r[:5] for r in rows] == [["ladder", "1*", "1", "8", "8"], ["ladder", "1*", "2", "8", "8"]]  # one file (version 1), two qualities; N, M
+    assert all(r[7:10] == ["-", "-", "-"] for r in rows)  # not measured
+    assert all(float(r[10]) > 0 and len(r[11]) == 16 for r in rows)  # MB, digest prefix

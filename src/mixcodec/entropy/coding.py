@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import constriction
 
+from ..errors import FormatError
 from .distributions import LATENT_MAX, LATENT_MIN
 
 ESCAPE_MIN = 1e-7
@@ -83,5 +84,5 @@ def finish(encoder: RangeEncoder) -> bytes:
 def new_decoder(data: bytes) -> RangeDecoder:
     """A range decoder over bytes written by :func:`finish` (length must be a multiple of 4)."""
     if len(data) % 4:
-        raise ValueError("stream length is not a multiple of 4 bytes")
+        raise FormatError("stream length is not a multiple of 4 bytes")
     return RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
