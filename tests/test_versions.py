@@ -194,3 +194,12 @@ def test_measuring_again_keeps_every_file_decodable(tmp_path):
     assert (after[0].sha256, after[0].version) == (before[0].sha256, before[0].version) == (before[0].sha256, 1)
     cli("decompress", tmp_path / "a.mxc", "-o", tmp_path / "second.png")
     assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()
+
+
+def test_the_changelog_describes_this_version():
+    import re
+
+    import mixcodec
+
+    first = re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.M).group(1)
+    assert first == mixcodec.__version__

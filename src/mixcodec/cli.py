@@ -447,7 +447,7 @@ def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, mi
 @click.option("--name", default=DEFAULT_MODEL, show_default=True)
 @click.option("--model-version", type=click.IntRange(min=1),
               help="Version of the model in the file (default: the output's own when it holds the same weights, "
-                   "else one above the newest installed version of --name).")
+                   "else one above the newest installed or released version of --name).")
 @click.option("--measure", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Folder of images (e.g. Kodak) to measure from real files at every quality; the mean bpp/PSNR/MS-SSIM is stored in the file.")
 @click.option("--rows", type=click.Path(path_type=Path, dir_okay=False),

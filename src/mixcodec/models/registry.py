@@ -268,8 +268,9 @@ def find_written(name: str, digest: bytes) -> ModelInfo:
 
 
 def newest_version(name: str) -> int:
-    """The highest installed version of ``name`` (0 when none is installed)."""
-    return max((i.version or 0 for i in installed_models() if i.name == name), default=0)
+    """The highest version of ``name`` installed or released (:mod:`.releases`; 0: none)."""
+    versions = [i.version or 0 for i in installed_models() if i.name == name] + [r.version for r in releases.catalog() if r.name == name]
+    return max(versions, default=0)
 
 
 #: Prefix of the integer coding tables stored beside the weights.
