@@ -95,7 +95,10 @@ def _outputs(inputs: tuple[Path, ...], output: Path | None, out_dir: Path | None
     else:
         folder = out_dir
         if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot create {folder}: {exc.strerror or exc}") from None
         outs = [(folder or p.parent) / (p.stem + suffix) for p in inputs]
     resolved_inputs = {p.resolve() for p in inputs}
     for out in outs:
@@ -364,8 +367,8 @@ def allocate_command(dataset, target_bpp, metric, models, out, force) -> None:
         raise BadInput(f"no images under {dataset}")
     pixels = []
     for p in paths:
-        with Image.open(p) as im:
-            pixels.append(im.width * im.height)
+        image = open_image(p)  # InputError for a file that is not an image
+        pixels.append(image.width * image.height)
     with tqdm(total=len(paths) * len(infos), unit="file", file=sys.stderr) as bar:
         table = al.encode_candidates(paths, infos, progress=lambda: bar.update(1))
     try:
@@ -437,7 +440,7 @@ def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, mi
     except ValueError:
         raise BadInput(f"--lmbda takes comma-separated numbers, got {lmbdas!r}") from None
     overrides = {"lmbdas": lmbdas, "metric": metric, "steps": steps, "lr": lr, "val_every": val_every, "workers": workers}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})  # re-checked by __post_init__
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     train(cfg, data, out, resume=resume, init=init, max_minutes=minutes, val=val, tensorboard=tensorboard)
 
 
