@@ -131,6 +131,36 @@ def test_models_lists_each_installed_model_with_its_numbers(tiny_ladder):
     proc = mixcodec("models")
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("ladder")]
-    assert [r[:4] for r in rows] == [["ladder", "1", "8", "8"], ["ladder", "2", "8", "8"]]  # one file, two qualities; N, M
-    assert all(r[6:9] == ["-", "-", "-"] for r in rows)  # not measured
-    assert all(float(r[9]) > 0 and len(r[10]) == 16 for r in rows)  # MB, sha256 prefix
+    assert [r[:5] for r in rows] == [["ladder", "1*", "1", "8", "8"], ["ladder", "1*", "2", "8", "8"]]  # one file (version 1), two qualities; N, M
+    assert all(r[7:10] == ["-", "-", "-"] for r in rows)  # not measured
+    assert all(float(r[10]) > 0 and len(r[11]) == 16 for r in rows)  # MB, digest prefix
+
+
+def test_decompress_with_an_explicit_weight_file(encoded, tmp_path):
+    import torch
+
+    from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
+    from mixcodec.models.registry import export
+
+    _, mxc, models = encoded
+    proc = mixcodec("decompress", mxc, "-o", tmp_path / "o.png", "--model", models / "crm-gllmm-m8.safetensors", env_models=tmp_path / "empty")
+    assert proc.returncode == 0, proc.stderr
+    torch.manual_seed(99)  # other weights: refused in one line naming both
+    config = ModelConfig(n=8, hidden=(24, 32))
+    export(ContextMixtureModel(config).state_dict(), config, tmp_path / "other.safetensors", name="tiny", lmbdas=[0.01])
+    proc = mixcodec("decompress", mxc, "-o", tmp_path / "p.png", "--model", tmp_path / "other.safetensors", env_models=tmp_path / "empty")
+    assert_one_line_error(proc)
+    assert "not with tiny" in proc.stderr and not (tmp_path / "p.png").exists()
+
+
+def test_missing_weights_say_which_and_where(tmp_path):
+    from mixcodec.bitstream import Header, pack
+    from mixcodec.models import releases
+
+    release = next(r for r in releases.catalog() if r.name == "gllmm" and r.version == 6)
+    header = Header("gllmm", 4, bytes.fromhex(release.legacy_digests[0])[:8], 16, 16, "RGB", "wavefront", np.arange(0), 128)
+    (tmp_path / "old.mxc").write_bytes(pack(header, b"", b""))
+    proc = mixcodec("decompress", tmp_path / "old.mxc", "-o", tmp_path / "old.png", env_models="")
+    assert_one_line_error(proc)
+    for part in ("gllmm version 6", "094cd38b56983e63", "weights-archive/gllmm-v6.safetensors", "MIXCODEC_MODELS"):
+        assert part in proc.stderr

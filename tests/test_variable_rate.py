@@ -11,8 +11,8 @@ from conftest import smooth_image
 
 from mixcodec import codec
 from mixcodec.bitstream import FormatError, pack, parse
-from mixcodec.models.context_model import ContextMixtureModel, ModelConfig, QualityGains
-from mixcodec.models.registry import export, find_model, installed_models, read_infos
+from mixcodec.models.context_model import QualityGains
+from mixcodec.models.registry import find_model, installed_models, read_infos
 
 
 def test_integer_qualities_select_rows_and_fractions_interpolate_geometrically():
@@ -72,10 +72,3 @@ def test_a_quality_the_model_does_not_have_is_refused(tiny_ladder):
 
 def test_the_default_quality_is_the_lower_middle_one(tiny_ladder):
     assert find_model("ladder").quality == 1
-
-
-def test_two_files_with_one_name_are_refused(tiny_ladder):
-    config = ModelConfig(n=8, hidden=(24, 32))
-    export(ContextMixtureModel(config).state_dict(), config, tiny_ladder / "other.safetensors", name="ladder", lmbdas=[0.01])
-    with pytest.raises(ValueError, match="two weight files are named 'ladder'"):
-        installed_models()

@@ -3,13 +3,18 @@
 ``mixcodec.compress(image, model="gllmm", quality=None) -> bytes`` and
 ``mixcodec.decompress(data) -> PIL.Image.Image``; see :mod:`mixcodec.codec`.
 Importing the package registers ``.mxc`` with Pillow (:mod:`mixcodec.pillow_plugin`).
+Every error a user can cause is a :class:`MixcodecError` (:mod:`mixcodec.errors`).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import pillow_plugin  # noqa: E402
 from .codec import compress, decompress  # noqa: E402
+from .errors import ConfigError, FormatError, InputError, MixcodecError, ModelNotFound, ModelNotFoundError  # noqa: E402
 
 pillow_plugin.register()
 
-__all__ = ["compress", "decompress", "__version__"]
+__all__ = [
+    "compress", "decompress", "__version__",
+    "MixcodecError", "FormatError", "InputError", "ModelNotFoundError", "ModelNotFound", "ConfigError",
+]

@@ -8,7 +8,9 @@ Layout (all integers big-endian)::
     name         name_len bytes, ASCII
     quality      u16      quality of the model in units of 1/256 (1 .. Q; between two
                           trained levels for fractional values)
-    digest       8 bytes  first 8 bytes of the SHA-256 of the model's weights
+    digest       8 bytes  first 8 bytes of the model digest (SHA-256 of its tensors and
+                          config, :func:`~.models.registry.model_digest`); files written
+                          before 0.2.0 hold the SHA-256 of the whole weight file instead
     height       u32      image height in pixels (1 .. MAX_SIDE)
     width        u32      image width in pixels (1 .. MAX_SIDE)
     mode         u8       0 = RGB, 1 = grayscale (decoded to an ``L`` image)
@@ -50,6 +52,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .context_coding import SCHEDULES
+from .errors import FormatError, InputError
 from .models.context_model import QUALITY_RESOLUTION
 
 MAGIC = b"MXC\x89"
@@ -65,10 +68,6 @@ MAX_SIDE = 1 << 15
 MAX_PIXELS = 1 << 24
 MODES = ("RGB", "L")
 SCHEDULE_IDS = SCHEDULES  # stored as the index into this tuple
-
-
-class FormatError(ValueError):
-    """A byte string is not a valid ``.mxc`` file."""
 
 
 @dataclass(frozen=True)
@@ -135,11 +134,11 @@ class Header:
 
 
 def check_size(height: int, width: int) -> None:
-    """Raise ``ValueError`` for image sizes the codec does not handle."""
+    """Raise :class:`InputError` for image sizes the codec does not handle."""
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
-        raise ValueError(f"image size {width}x{height} outside 1..{MAX_SIDE} per side")
+        raise InputError(f"image size {width}x{height} outside 1..{MAX_SIDE} per side")
     if height * width > MAX_PIXELS:
-        raise ValueError(f"image of {width}x{height} pixels exceeds the limit of {MAX_PIXELS} pixels")
+        raise InputError(f"image of {width}x{height} pixels exceeds the limit of {MAX_PIXELS} pixels")
 
 
 def _pack_metadata(metadata: Metadata) -> bytes:
@@ -247,7 +246,7 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
     height, width, mode, schedule, channels = reader.unpack(">IIBBH")
     try:
         check_size(height, width)
-    except ValueError as exc:
+    except InputError as exc:
         raise FormatError(str(exc)) from exc
     if mode >= len(MODES) or schedule >= len(SCHEDULE_IDS) or channels == 0:
         raise FormatError("bad header fields")

@@ -1,8 +1,9 @@
 """The ``mixcodec`` command.
 
-Exit codes: 0 on success, 2 on bad input (one line on stderr, no traceback).
-Outputs are written atomically (temporary file + rename); inputs are never
-overwritten and existing outputs only with ``--force``.
+Exit codes: 0 on success, 2 on bad input: every :class:`~.errors.MixcodecError` is
+printed as one line on stderr, without a traceback (anything else is a bug and keeps
+its traceback).  Outputs are written atomically (temporary file + rename); inputs are
+never overwritten and existing outputs only with ``--force``.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from pathlib import Path
 import click
 from PIL import Image, UnidentifiedImageError
 
-from . import bitstream
+from . import __version__, bitstream
 from . import metadata as photo_metadata
-from .bitstream import FormatError, Metadata
-from .codec import InputError, compress, decompress
-from .models.registry import DEFAULT_MODEL, ModelNotFound, find_model, installed_models
+from .bitstream import Metadata
+from .codec import compress, decompress
+from .errors import InputError, MixcodecError
+from .models.registry import DEFAULT_MODEL, find_model, installed_models
 
 EXIT_BAD_INPUT = 2
-_EXPECTED_ERRORS = (InputError, FormatError, ModelNotFound, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
 
 
 class BadInput(click.ClickException):
@@ -40,7 +41,10 @@ def write_atomic(path: Path, data: bytes, force: bool) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder."""
     if path.exists() and not force:
         raise BadInput(f"{path} exists (use --force to overwrite)")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -51,6 +55,14 @@ def write_atomic(path: Path, data: bytes, force: bool) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_input(path: Path) -> bytes:
+    """The bytes of an input file (:class:`InputError` when it cannot be read)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 #: Pillow plugins for more input formats, used when installed: (module, function that
@@ -72,14 +84,25 @@ def _register_optional_openers() -> None:
 
 def open_image(path: Path) -> Image.Image:
     """Open and fully decode an image (any format Pillow and the installed
-    :data:`OPTIONAL_OPENERS` read), checking its size before decoding pixels."""
+    :data:`OPTIONAL_OPENERS` read), checking its size before decoding pixels.
+
+    Raises:
+        InputError: the file cannot be read, is not an image Pillow knows, or is too large.
+    """
     _register_optional_openers()
     Image.MAX_IMAGE_PIXELS = bitstream.MAX_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(path)
-        bitstream.check_size(image.height, image.width)
-        image.load()
+        try:
+            image = Image.open(path)
+            bitstream.check_size(image.height, image.width)
+            image.load()
+        except UnidentifiedImageError:
+            raise InputError(f"{path} is not an image file that Pillow can read") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     return image
 
 
@@ -93,7 +116,10 @@ def _outputs(inputs: tuple[Path, ...], output: Path | None, out_dir: Path | None
     else:
         folder = out_dir
         if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"cannot create {folder}: {exc.strerror or exc}") from None
         outs = [(folder or p.parent) / (p.stem + suffix) for p in inputs]
     resolved_inputs = {p.resolve() for p in inputs}
     for out in outs:
@@ -120,7 +146,7 @@ def _run_each(inputs, outputs, job, force: bool) -> None:
         except BadInput as exc:
             failures += 1
             exc.show()
-        except _EXPECTED_ERRORS as exc:
+        except MixcodecError as exc:
             failures += 1
             BadInput(f"{src}: {exc}").show()
     if failures:
@@ -161,18 +187,23 @@ def _model_set(spec: str, separator: str) -> list:
 
     paths = [Path(p) for p in spec.split(separator)]
     if all(p.suffix == ".safetensors" for p in paths):
+        return [info for p in paths for info in read_infos(p)]
+    chosen = find_model(spec)
+    return [i for i in installed_models() if i.sha256 == chosen.sha256]
+
+
+class _Group(click.Group):
+    """The command group: a :class:`MixcodecError` from any command is one line and exit 2."""
+
+    def invoke(self, ctx: click.Context):
         try:
-            return [info for p in paths for info in read_infos(p)]
-        except (OSError, ValueError) as exc:
+            return super().invoke(ctx)
+        except MixcodecError as exc:
             raise BadInput(str(exc)) from None
-    infos = [i for i in installed_models() if i.name == spec]
-    if not infos:
-        raise BadInput(f"no installed model named {spec!r}")
-    return infos
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="mixcodec")
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, package_name="mixcodec")
 def main() -> None:
     """Learned image compression with Gaussian-Laplacian-Logistic mixture models."""
 
@@ -181,7 +212,7 @@ def main() -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Output file (one input only).")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Installed model name or weight file.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Installed model name (its newest version), NAME@VERSION, or a weight file.")
 @click.option("--quality", type=float, default=None, help="1 to the model's number of levels, fractions between levels (default: the middle level).")
 @click.option("--target-bpp", type=float, help="Highest quality (to 1/64 of a level) whose file fits this many bits per pixel.")
 @click.option("--max-bytes", type=int, help="Highest quality (to 1/64 of a level) whose file fits this many bytes.")
@@ -192,10 +223,7 @@ def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_by
     colour profile, EXIF and XMP; sizes and --target-bpp/--max-bytes count the metadata."""
     if (target_bpp is not None or max_bytes is not None) and quality is not None:
         raise BadInput("--quality cannot be combined with --target-bpp/--max-bytes")
-    try:
-        info = find_model(model, quality)
-    except (ModelNotFound, ValueError) as exc:
-        raise BadInput(str(exc)) from None
+    info = find_model(model, quality)
     outs = _outputs(inputs, output, out_dir, ".mxc")
 
     metadata = Metadata() if strip else None
@@ -205,7 +233,7 @@ def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_by
         if target_bpp is None and max_bytes is None:
             return compress(image, model=info, metadata=metadata)
         limit = max_bytes if max_bytes is not None else int(target_bpp * image.width * image.height / 8)
-        return _largest_that_fits(image, model, info.config.qualities, limit, metadata)
+        return _largest_that_fits(image, str(info.path), info.config.qualities, limit, metadata)
 
     _run_each(inputs, outs, job, force)
 
@@ -226,17 +254,25 @@ def output_format(path: Path) -> str:
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
               help="Output image (one input only); its extension chooses the format: .png, .jpg, .webp, .tif, ...")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs (PNG).")
+@click.option("--model", "weights", type=click.Path(path_type=Path, dir_okay=False),
+              help="Weight file to decode with (default: the installed weights each file names).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def decompress_command(inputs, output, out_dir, force) -> None:
+def decompress_command(inputs, output, out_dir, weights, force) -> None:
     """Decode .mxc files to images with their colour profile, EXIF and XMP (default: PNG next to
-    each input; lossless WebP, JPEG at quality 95 without chroma subsampling)."""
+    each input; lossless WebP, JPEG at quality 95 without chroma subsampling), with the installed
+    weights each file names or the weight file given."""
+    from .models.registry import read_infos
+
     outs = _outputs(inputs, output, out_dir, ".png")
     formats = {src: output_format(dst) for src, dst in zip(inputs, outs)}
+    if weights is not None and not weights.is_file():
+        raise BadInput(f"no weight file {weights}")
+    model = read_infos(weights)[0] if weights is not None else None
 
     def job(path: Path) -> bytes:
         import io
 
-        image = decompress(path.read_bytes())
+        image = decompress(read_input(path), model)
         options, dropped = photo_metadata.save_options(image, formats[path])
         if dropped:
             names = ", ".join(photo_metadata.LABELS[key] for key in dropped)
@@ -252,14 +288,18 @@ def decompress_command(inputs, output, out_dir, force) -> None:
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
 def info_command(path: Path) -> None:
     """Describe a .mxc file: model, size, bytes, bpp, per-stream sizes."""
+    from .models import releases
+
+    data = read_input(path)
     try:
-        data = path.read_bytes()
         header, z_stream, y_stream = bitstream.parse(data)
-    except (OSError, FormatError) as exc:
+    except MixcodecError as exc:
         raise BadInput(f"{path}: {exc}") from None
     pixels = header.height * header.width
     extra = header.metadata.size()
-    click.echo(f"model:    {header.model} quality {header.quality:g} (weights {header.digest.hex()})")
+    release = releases.find(header.digest.hex())
+    known = f", {release.name} version {release.version}" if release is not None else ""
+    click.echo(f"model:    {header.model} quality {header.quality:g} (weights {header.digest.hex()}{known})")
     click.echo(f"image:    {header.width}x{header.height} {header.mode}")
     click.echo(f"bytes:    {len(data)} ({8 * len(data) / pixels:.4f} bpp)")
     click.echo(f"streams:  z {len(z_stream)} B, y {len(y_stream)} B, header+crc {len(data) - len(z_stream) - len(y_stream) - extra} B")
@@ -296,16 +336,21 @@ def models_command() -> None:
     if not rows:
         click.echo("no models installed")
         return
-    click.echo(f"{'name':<16}{'q':>3}{'N':>5}{'M':>5}{'lambda':>9}  {'metric':<8}{'bpp':>7}{'PSNR':>7}{'MS-SSIM':>9}{'MB':>6}  sha256")
+    newest = {}
+    for info in rows:  # sorted by version: the last one of a name is what the name means
+        newest[info.name] = info.sha256
+    click.echo(f"{'name':<16}{'v':>4}{'q':>3}{'N':>5}{'M':>5}{'lambda':>9}  {'metric':<8}{'bpp':>7}{'PSNR':>7}{'MS-SSIM':>9}{'MB':>6}  digest")
     for info in rows:
         k = info.kodak
         cells = [f"{k[key]:{fmt}}" if key in k else "-" for key, fmt in (("bpp", ".3f"), ("psnr", ".2f"), ("ms_ssim", ".4f"))]
+        version = ("-" if info.version is None else str(info.version)) + ("*" if newest[info.name] == info.sha256 else "")
         click.echo(
-            f"{info.name:<16}{info.quality:>3}{info.config.n:>5}{info.config.m:>5}{info.lmbda:>9.4g}  {info.metric:<8}{cells[0]:>7}{cells[1]:>7}{cells[2]:>9}"
+            f"{info.name:<16}{version:>4}{info.quality:>3}{info.config.n:>5}{info.config.m:>5}{info.lmbda:>9.4g}  {info.metric:<8}{cells[0]:>7}{cells[1]:>7}{cells[2]:>9}"
             f"{info.path.stat().st_size / 1e6:>6.1f}  {info.sha256[:16]}"
         )
-    click.echo("(bpp, PSNR-RGB, MS-SSIM: means over the images of `export --measure` (Kodak for the shipped models), from real files; "
-               "MB: the weight file, without tensors it shares with another)")
+    click.echo("(v: version, * the one a bare name compresses with, NAME@V picks another; bpp, PSNR-RGB, MS-SSIM: means over the images of "
+               "`export --measure` (Kodak for the shipped models), from real files; MB: the weight file, without tensors it shares with another; "
+               "digest: of the tensors and config, what .mxc files name)")
 
 
 @main.command("eval")
@@ -342,10 +387,7 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
             continue
         under_test.append(available[name]())
     wanted = {(c.name, float(q), p.name) for c in under_test for q in c.qualities for p in images}
-    try:
-        rows = [r for path in reuse for r in ev.read_rows(path) if (r.codec, r.quality, r.image) in wanted]
-    except (OSError, ValueError) as exc:
-        raise BadInput(str(exc)) from None
+    rows = [r for path in reuse for r in ev.read_rows(path) if (r.codec, r.quality, r.image) in wanted]
     with tqdm(total=len(wanted) - len(rows), unit="file", file=sys.stderr) as bar:
         for candidate in under_test:
             rows += ev.evaluate(candidate, images, progress=lambda: bar.update(1), done=rows)
@@ -400,8 +442,8 @@ def allocate_command(dataset, target_bpp, metric, models, method, out, strip, fo
         raise BadInput(f"no images under {dataset}")
     pixels = []
     for p in paths:
-        with Image.open(p) as im:
-            pixels.append(im.width * im.height)
+        image = open_image(p)  # InputError for a file that is not an image
+        pixels.append(image.width * image.height)
     with tqdm(total=len(paths) * len(infos), unit="file", file=sys.stderr) as bar:
         table = al.encode_candidates(paths, infos, progress=lambda: bar.update(1), strip=strip)
     try:
@@ -515,6 +557,9 @@ def pack_command(data, output, size, max_mb, seed, force) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--name", default=DEFAULT_MODEL, show_default=True)
+@click.option("--model-version", type=click.IntRange(min=1),
+              help="Version of the model in the file (default: the output's own when it holds the same weights, "
+                   "else one above the newest installed or released version of --name).")
 @click.option("--measure", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="Folder of images (e.g. Kodak) to measure from real files at every quality; the mean bpp/PSNR/MS-SSIM is stored in the file.")
 @click.option("--rows", type=click.Path(path_type=Path, dir_okay=False),
@@ -522,12 +567,12 @@ def pack_command(data, output, size, max_mb, seed, force) -> None:
 @click.option("--base", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Weight file in the output's folder to share identical tensors with (a model fine-tuned from it with frozen modules).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export_command(checkpoint, output, name, measure, rows, base, force) -> None:
+def export_command(checkpoint, output, name, model_version, measure, rows, base, force) -> None:
     """Write a training checkpoint as an fp16 safetensors weight file (one quality level per λ it was trained with)."""
     from . import eval as ev
     from .data import list_images
     from .models.context_model import ModelConfig
-    from .models.registry import export
+    from .models.registry import export, export_digest, newest_version, read_infos
     from .train import TrainConfig, load_checkpoint
 
     if output.exists() and not force:
@@ -536,8 +581,12 @@ def export_command(checkpoint, output, name, measure, rows, base, force) -> None
         raise BadInput(f"--base {base} must be in the output's folder ({output.resolve().parent}): shared tensors are looked up there")
     state = load_checkpoint(checkpoint)
     train_cfg = TrainConfig(**state["train_config"])
-    meta = {"name": name, "lmbdas": train_cfg.lmbdas, "metric": train_cfg.metric, "train_steps": state.get("step", 0)}
     config = ModelConfig.from_json(state["config"])
+    if model_version is None:  # re-exporting the same weights (e.g. to measure them again) keeps their version
+        previous = read_infos(output) if output.is_file() else []
+        same = previous and previous[0].sha256 == export_digest(state["model"], config) and previous[0].version is not None
+        model_version = previous[0].version if same else newest_version(name) + 1
+    meta = {"name": name, "lmbdas": train_cfg.lmbdas, "metric": train_cfg.metric, "train_steps": state.get("step", 0), "version": model_version}
     infos = export(state["model"], config, output, base=base, **meta)
     if measure is not None:
         measured = ev.evaluate(ev.learned_codec(infos), list_images(measure))
@@ -548,7 +597,7 @@ def export_command(checkpoint, output, name, measure, rows, base, force) -> None
         infos = export(state["model"], config, output, base=base, kodak=kodak, **meta)
         for p in points:
             click.echo(f"{measure.name} q{p['quality']:g}: {p['bpp']:.4f} bpp, {p['psnr']:.2f} dB PSNR, MS-SSIM {p['ms_ssim']:.4f} over {p['images']} images")
-    click.echo(f"wrote {infos[0].path} ({len(infos)} qualities, sha256 {infos[0].sha256})")
+    click.echo(f"wrote {infos[0].path} ({infos[0].label}, {len(infos)} qualities, digest {infos[0].sha256})")
 
 
 @main.command("refit")

@@ -22,12 +22,9 @@ from PIL import Image
 from . import bitstream, context_coding
 from . import metadata as photo_metadata
 from .entropy.distributions import LATENT_MAX, LATENT_MIN
+from .errors import FormatError, InputError, ModelNotFoundError
 from .models.context_model import PAD_MULTIPLE, ContextMixtureModel
-from .models.registry import DEFAULT_MODEL, ModelInfo, find_model, load_model
-
-
-class InputError(ValueError):
-    """An image that the codec does not accept (with a one-line reason)."""
+from .models.registry import DEFAULT_MODEL, ModelInfo, find_model, find_written, load_model
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> tuple[np.ndarray, str]:
@@ -121,6 +118,8 @@ def compress(
     Raises:
         InputError: the image or its metadata is not accepted.
     """
+    if schedule not in context_coding.SCHEDULES:
+        raise InputError(f"unknown schedule {schedule!r}; choose one of {', '.join(context_coding.SCHEDULES)}")
     info = model if isinstance(model, ModelInfo) else find_model(model, quality)
     if isinstance(image, Image.Image):
         image = photo_metadata.upright(image)
@@ -145,11 +144,13 @@ def compress(
 def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstream.Header, ContextMixtureModel, torch.Tensor]:
     """Parse a file and decode its ``ŷ``: ``(header, model, ŷ (1, m, H/16, W/16))``."""
     header, z_stream, y_stream = bitstream.parse(data)
-    info = model or find_model(header.model, header.quality, header.digest)
-    if info.digest != header.digest or info.config.m != header.channels:
-        raise bitstream.FormatError(f"the file was written with other weights than {info.path.name}")
+    info = model or find_written(header.model, header.digest)
+    if not info.holds(header.digest):
+        raise ModelNotFoundError(f"the file was written with {header.model} weights {header.digest.hex()}, not with {info.label} ({info.digest.hex()}, {info.path})")
+    if info.config.m != header.channels:
+        raise FormatError(f"the file codes {header.channels} latent channels, its model {info.label} has {info.config.m}")
     if not 1 <= header.quality <= info.config.qualities:
-        raise bitstream.FormatError(f"quality {header.quality:g} is outside the 1..{info.config.qualities} of {info.name}")
+        raise FormatError(f"quality {header.quality:g} is outside the 1..{info.config.qualities} of {info.name}")
     net = load_model(info)
     padded = (header.height + (-header.height % PAD_MULTIPLE), header.width + (-header.width % PAD_MULTIPLE))
     latent_size = (padded[0] // 16, padded[1] // 16)
@@ -161,9 +162,11 @@ def decompress(data: bytes, model: ModelInfo | None = None) -> Image.Image:
     """Decode the bytes of a ``.mxc`` file to a PIL image (``RGB``, or ``L`` for grayscale input)
     whose ``info`` holds the file's metadata (:func:`mixcodec.metadata.attach`).
 
+    ``model``: the weights to decode with (default: the installed ones the file names).
+
     Raises:
-        bitstream.FormatError: the data is not a valid file.
-        ModelNotFound: the model that wrote it is not installed.
+        FormatError: the data is not a valid file.
+        ModelNotFoundError: the model that wrote it is not installed (or is not ``model``).
     """
     header, net, y_hat = decode_latents(data, model)
     array = reconstruct(net, y_hat, header.quality, header.height, header.width)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import InputError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".ppm", ".tif", ".tiff"}
 #: Suffix of packed-crop files.
 PACKED_SUFFIX = ".npy"
@@ -33,7 +35,7 @@ def _source_images(source: Path) -> list[Image.Image]:
     if source.is_file() and source.suffix == PACKED_SUFFIX:
         crops = np.load(source, mmap_mode="r")
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[3] != 3 or crops.shape[1] != crops.shape[2]:
-            raise ValueError(f"{source} is not a packed-crop file (uint8 array N x S x S x 3), got {crops.dtype} {crops.shape}")
+            raise InputError(f"{source} is not a packed-crop file (uint8 array N x S x S x 3), got {crops.dtype} {crops.shape}")
         return [Image.fromarray(np.array(c)) for c in crops]
     images = []
     for path in list_images(source):
@@ -51,13 +53,13 @@ def pack_crops(folder: Path, size: int = 256, max_bytes: int = 40_000_000, seed:
     Returns:
         ``(N, size, size, 3)`` uint8 RGB.
     Raises:
-        ValueError: no image is large enough, or ``max_bytes`` holds no crop.
+        InputError: no image is large enough, or ``max_bytes`` holds no crop.
     """
     count = max_bytes // (3 * size * size)
     rng = random.Random(seed)
     images = [im for im in _source_images(folder) if min(im.size) >= size]
     if not images or count < 1:
-        raise ValueError(f"no crop of {size}x{size} fits: {len(images)} images large enough under {folder}, room for {count} crops")
+        raise InputError(f"no crop of {size}x{size} fits: {len(images)} images large enough under {folder}, room for {count} crops")
     order = list(range(len(images)))
     crops = np.empty((count, size, size, 3), dtype=np.uint8)
     for i in range(count):
@@ -95,7 +97,7 @@ class CropSampler:
         self.rng = random.Random(seed)
         self.images = [im for im in _source_images(source) if min(im.size) >= crop]
         if not self.images:
-            raise ValueError(f"no images of at least {crop}x{crop} in {source}")
+            raise InputError(f"no images of at least {crop}x{crop} in {source}")
 
     def sample(self, batch: int) -> torch.Tensor:
         """``(batch, 3, crop, crop)`` float32 in ``[0, 1]``."""

@@ -24,6 +24,7 @@ from PIL import Image
 from pytorch_msssim import ms_ssim
 
 from . import __version__, codec
+from .errors import InputError
 from .models.registry import ModelInfo
 
 
@@ -265,15 +266,23 @@ def read_rows(path: Path) -> list[Row]:
     """Rows written by :func:`write_rows`.
 
     Raises:
-        ValueError: the file does not have exactly the columns of :class:`Row`, or a value does not parse.
+        InputError: the file cannot be read, does not have exactly the columns of :class:`Row`,
+            or a value does not parse.
     """
     types = {f.name: f.type for f in fields(Row)}
     cast = {"str": str, "int": int, "float": float}
-    with Path(path).open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if set(reader.fieldnames or ()) != set(types):
-            raise ValueError(f"{path} is not a rows file of `mixcodec eval` (columns: {', '.join(types)})")
-        return [Row(**{k: cast[types[k]](v) for k, v in record.items()}) for record in reader]
+    try:
+        with Path(path).open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            records = list(reader) if set(reader.fieldnames or ()) == set(types) else None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    if records is None:
+        raise InputError(f"{path} is not a rows file of `mixcodec eval` (columns: {', '.join(types)})")
+    try:
+        return [Row(**{k: cast[types[k]](v) for k, v in record.items()}) for record in records]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: a value does not parse ({exc})") from None
 
 
 #: Prefix of published curves (:func:`read_reference`) among the curves of a result.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import hashlib
 import io
 import json
@@ -31,7 +32,9 @@ import torch
 from tqdm import tqdm
 
 from .data import CropDataset, list_images
-from .losses import rate_distortion_loss
+from .entropy.distributions import ENTROPY_FAMILIES
+from .errors import ConfigError, InputError
+from .losses import METRICS, rate_distortion_loss
 from .models.context_model import ARCHITECTURES, ContextMixtureModel, ModelConfig
 from .models.transforms import BACKBONES
 from .models.widening import widen_synthesis
@@ -84,13 +87,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.metric == "ms-ssim" and self.crop < 161:
-            raise ValueError("MS-SSIM training needs crops of at least 161 px (5 scales)")
+            raise ConfigError("MS-SSIM training needs crops of at least 161 px (5 scales)")
+        if self.metric not in METRICS:
+            raise ConfigError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
         if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+            raise ConfigError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.backbone and self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.family and self.family not in ENTROPY_FAMILIES:
+            raise ConfigError(f"unknown entropy family {self.family!r}; choose one of {', '.join(ENTROPY_FAMILIES)}")
         if not self.lmbdas or sorted(self.lmbdas) != list(self.lmbdas) or min(self.lmbdas) <= 0:
-            raise ValueError(f"lmbdas must be positive and ascending (one per quality level), got {self.lmbdas}")
+            raise ConfigError(f"lmbdas must be positive and ascending (one per quality level), got {self.lmbdas}")
 
     def model_config(self) -> ModelConfig:
         base = ARCHITECTURES[self.architecture]
@@ -101,14 +108,42 @@ class TrainConfig:
         )
 
 
+def preset_names() -> list[str]:
+    """The presets shipped with the package."""
+    return sorted(p.name[: -len(".toml")] for p in resources.files("mixcodec.presets").iterdir() if p.name.endswith(".toml"))
+
+
 def load_preset(name_or_path: str) -> TrainConfig:
-    """A preset by name (``cpu-gllmm-n64``) or a TOML file path."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" and path.exists():
-        text = path.read_text()
+    """A preset by name (``cpu-gllmm-n64``) or a TOML file path.
+
+    Raises:
+        ConfigError: no such preset, not TOML, an unknown key (misspelt: the closest known
+            one is named) or a value of the wrong type.
+    """
+    if name_or_path.endswith(".toml"):
+        try:
+            text = Path(name_or_path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the preset {name_or_path}: {getattr(exc, 'strerror', None) or exc}") from None
     else:
-        text = resources.files("mixcodec.presets").joinpath(f"{name_or_path}.toml").read_text()
-    return TrainConfig(**tomllib.loads(text))
+        resource = resources.files("mixcodec.presets").joinpath(f"{name_or_path}.toml")
+        if not resource.is_file():
+            raise ConfigError(f"no preset named {name_or_path!r} (presets: {', '.join(preset_names())}; or give a .toml file)")
+        text = resource.read_text()
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset {name_or_path} is not valid TOML: {exc}") from None
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(TrainConfig)}
+    for key, value in values.items():
+        if key not in defaults:
+            close = difflib.get_close_matches(key, defaults, n=1)
+            raise ConfigError(f"preset {name_or_path}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        expected = type(defaults[key])
+        fits = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
+        if not (fits or (expected is float and type(value) is int)):
+            raise ConfigError(f"preset {name_or_path}: {key} must be of type {expected.__name__}, got {value!r}")
+    return TrainConfig(**values)
 
 
 def to_toml(cfg: TrainConfig) -> str:
@@ -174,7 +209,7 @@ def load_checkpoint(path: Path) -> dict:
     """A checkpoint written by :func:`atomic_save`, whole or split, on the CPU.
 
     Raises:
-        ValueError: a split checkpoint whose parts are missing or do not add up.
+        InputError: a split checkpoint whose parts are missing or do not add up.
     """
     if path.suffix == ".parts":  # the manifest of a split checkpoint names it too
         path = path.with_suffix("")
@@ -185,9 +220,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         data = b"".join(path.with_name(name).read_bytes() for name in index["parts"])
     except FileNotFoundError as exc:
-        raise ValueError(f"{manifest}: part {Path(exc.filename).name} is missing") from None
+        raise InputError(f"{manifest}: part {Path(exc.filename).name} is missing") from None
     if len(data) != index["bytes"] or hashlib.sha256(data).hexdigest() != index["sha256"]:
-        raise ValueError(f"{manifest}: its parts do not add up to the checkpoint it describes")
+        raise InputError(f"{manifest}: its parts do not add up to the checkpoint it describes")
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
@@ -285,7 +320,7 @@ def resolve_device(request: str) -> str:
     """``"cuda"`` or ``"cpu"`` for a requested device: ``auto`` takes CUDA when there is a
     GPU; ``cuda`` without one falls back to the CPU with a one-line message on stderr."""
     if request not in DEVICES:
-        raise ValueError(f"unknown device {request!r}; choose one of {', '.join(DEVICES)}")
+        raise ConfigError(f"unknown device {request!r}; choose one of {', '.join(DEVICES)}")
     cuda = torch.cuda.is_available()
     if request == "cuda" and not cuda:
         reason = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import constriction
 
+from ..errors import FormatError
 from .distributions import LATENT_MAX, LATENT_MIN
 
 ESCAPE_MIN = 1e-7
@@ -58,15 +59,22 @@ def encode_symbols(encoder: RangeEncoder, values: np.ndarray, pmf: np.ndarray, o
 
 
 def decode_symbols(decoder: RangeDecoder, pmf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`encode_symbols`: returns the ``(n,)`` int64 values."""
+    """Inverse of :func:`encode_symbols`: returns the ``(n,)`` int64 values.
+
+    Raises:
+        FormatError: the stream holds data that no encoder writes under these tables.
+    """
     if pmf.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
     width = pmf.shape[1]
-    symbols = decoder.decode(_CATEGORICAL, _with_escape(pmf)).astype(np.int64)
-    values = symbols + offsets
-    outside = symbols == width
-    if outside.any():
-        values[outside] = decoder.decode(_UNIFORM, int(outside.sum())).astype(np.int64) + LATENT_MIN
+    try:
+        symbols = decoder.decode(_CATEGORICAL, _with_escape(pmf)).astype(np.int64)
+        values = symbols + offsets
+        outside = symbols == width
+        if outside.any():
+            values[outside] = decoder.decode(_UNIFORM, int(outside.sum())).astype(np.int64) + LATENT_MIN
+    except AssertionError as exc:  # constriction's answer to words no encoder writes under these tables
+        raise FormatError(f"damaged stream ({exc})") from None
     return values
 
 
@@ -83,5 +91,5 @@ def finish(encoder: RangeEncoder) -> bytes:
 def new_decoder(data: bytes) -> RangeDecoder:
     """A range decoder over bytes written by :func:`finish` (length must be a multiple of 4)."""
     if len(data) % 4:
-        raise ValueError("stream length is not a multiple of 4 bytes")
+        raise FormatError("stream length is not a multiple of 4 bytes")
     return RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))

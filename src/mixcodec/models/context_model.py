@@ -30,8 +30,9 @@ from ..entropy.distributions import (
     split_params,
 )
 from ..entropy.factorized import FactorizedPrior
+from ..errors import ConfigError
 from ..layers import MaskedConv2d, conv1x1
-from .transforms import analysis, hyper_analysis, hyper_synthesis, synthesis
+from .transforms import BACKBONES, analysis, hyper_analysis, hyper_synthesis, synthesis
 
 #: Spatial down-sampling of ``z`` relative to the image; inputs are padded to a multiple of it.
 PAD_MULTIPLE = 64
@@ -70,6 +71,10 @@ class ModelConfig:
             object.__setattr__(self, "m", self.n)
         if self.n_s is None:
             object.__setattr__(self, "n_s", self.n)
+        if self.backbone not in BACKBONES or self.family not in ENTROPY_FAMILIES:
+            raise ConfigError(f"unknown backbone {self.backbone!r} or entropy family {self.family!r}")
+        if min(self.n, self.m, self.qualities, *self.hidden) < 1:
+            raise ConfigError(f"model sizes must be positive: {self}")
 
     def to_json(self) -> str:
         """Canonical JSON; ``n_s`` only where it differs from ``n`` (the JSON of the models
