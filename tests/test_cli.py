@@ -143,7 +143,7 @@ def test_decompress_with_an_explicit_weight_file(encoded, tmp_path):
     from mixcodec.models.registry import export
 
     _, mxc, models = encoded
-    proc = mixcodec("decompress", mxc, "-o", tmp_path / "o.png", "--model", models / "crm-gllmm-m8.safetensors", env_models=tmp_path / "empty")
+    proc = mixcodec("decompress", mxc, "-o", tmp_path / "o.png", "--model", models / "tiny.safetensors", env_models=tmp_path / "empty")
     assert proc.returncode == 0, proc.stderr
     torch.manual_seed(99)  # other weights: refused in one line naming both
     config = ModelConfig(n=8, hidden=(24, 32))

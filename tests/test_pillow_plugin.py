@@ -13,7 +13,7 @@ from photos import icc_profile, phone_exif, phone_jpeg, xmp_packet
 import mixcodec
 from mixcodec import bitstream, codec, pillow_plugin
 from mixcodec.bitstream import FormatError, Metadata
-from mixcodec.models.registry import ModelNotFound
+from mixcodec.errors import ModelNotFoundError as ModelNotFound
 
 P3 = icc_profile()
 

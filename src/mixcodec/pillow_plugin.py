@@ -8,8 +8,8 @@ Opening is lazy: :meth:`MxcImageFile._open` reads the file and validates all of 
 (:func:`mixcodec.bitstream.parse`: CRC, lengths, metadata), so ``size``, ``mode`` and
 ``info`` (``icc_profile``, ``exif``, ``xmp``) are known; the pixels are decoded on
 ``load()``.  A damaged file makes ``Image.open`` raise
-:class:`mixcodec.bitstream.FormatError` (a ``ValueError``) with the reason; a file
-written with weights that are not installed raises ``ModelNotFound`` on ``load()``.
+:class:`mixcodec.FormatError` (a ``ValueError``) with the reason; a file
+written with weights that are not installed raises ``ModelNotFoundError`` on ``load()``.
 
 Saving takes the keywords of :func:`mixcodec.compress` (``model=``, ``quality=``
 1..Q of the model, ``schedule=``, and any other it has, e.g. ``effort=``) and the

@@ -93,7 +93,7 @@ IDENTITY_FIELDS = ("backbone", "family", "hidden", "m", "n", "qualities")
 def identity_config(config: ModelConfig) -> str:
     """The canonical JSON of ``config`` that :func:`model_digest` hashes."""
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    values = dataclasses.asdict(config)
+    values = json.loads(config.to_json())  # derived fields at their derived value are left out there
     kept = {k: v for k, v in values.items() if k in IDENTITY_FIELDS or v != defaults[k]}
     return json.dumps(kept, sort_keys=True, separators=(",", ":"))
 
