@@ -49,6 +49,10 @@ BACKBONES = ("residual", "crm")
 FAMILIES = ("gaussian", "gmm", "laplacian-mixture", "logistic-mixture", "gllmm")
 #: Tiny models code the i-th image at quality ``TINY_QUALITIES[i % 3]`` (1.5: between the two trained levels).
 TINY_QUALITIES = (1, 2, 1.5)
+#: Images with metadata (format version 3 files), in ``images/metadata/``, coded by ``METADATA_MODEL`` at both
+#: qualities: EXIF orientation 6 (coded upright) with a Display-P3 ICC profile, and orientation 1 with ICC, EXIF and XMP.
+METADATA_IMAGES = ("p3-orientation6-40x24.png", "p3-exif-xmp-33x21.png")
+METADATA_MODEL = "models/tiny-crm-gllmm.safetensors"
 
 
 def test_image(height: int, width: int, seed: int) -> np.ndarray:
@@ -73,6 +77,27 @@ def make_images() -> None:
     for name, image in images.items():
         if not (HERE / "images" / name).exists():
             image.save(HERE / "images" / name)
+    make_metadata_images()
+
+
+def make_metadata_images() -> None:
+    """Write the images of :data:`METADATA_IMAGES` that do not exist yet (PNG: iCCP, eXIf, iTXt XMP)."""
+    from PIL import PngImagePlugin
+
+    sys.path.insert(0, str(HERE.parent))
+    from photos import icc_profile, phone_exif, xmp_packet
+
+    folder = HERE / "images" / "metadata"
+    folder.mkdir(exist_ok=True)
+    xmp = PngImagePlugin.PngInfo()
+    xmp.add_itxt("XML:com.adobe.xmp", xmp_packet().decode("utf-8"))
+    options = {
+        "p3-orientation6-40x24.png": (test_image(24, 40, 5), {"exif": phone_exif(orientation=6, maker_note=200)}),
+        "p3-exif-xmp-33x21.png": (test_image(21, 33, 6), {"exif": phone_exif(orientation=1, maker_note=100), "pnginfo": xmp}),
+    }
+    for name, (pixels, extra) in options.items():
+        if not (folder / name).exists():
+            Image.fromarray(pixels).save(folder / name, icc_profile=icc_profile(), **extra)
 
 
 def make_tiny_models() -> None:
@@ -109,6 +134,7 @@ def plan() -> list[tuple[str, str, float]]:
         for family in FAMILIES:
             model = f"models/tiny-{backbone}-{family}.safetensors"
             jobs += [(model, image, TINY_QUALITIES[i % len(TINY_QUALITIES)]) for i, image in enumerate(images)]
+    jobs += [(METADATA_MODEL, f"metadata/{image}", q) for image in METADATA_IMAGES for q in (1, 2)]
     return jobs
 
 
