@@ -313,3 +313,17 @@ def test_loss_weights_each_image_with_its_lambda_and_weight():
     got = rate_distortion_loss(output, target, lmbdas, "mse", weights)
     assert got["loss"].item() == pytest.approx(sum(w * l for w, l in zip(weights.tolist(), each)) / 3, rel=1e-6)
     assert got["bpp"].shape == (3,) and got["bpp"][0].item() == pytest.approx(-torch.log2(output["y"][0]).sum().item() / 256 + 4 / 256)
+
+
+def test_decoder_fine_tuning_leaves_what_files_code_unchanged(tmp_path):
+    """The freeze list of the decoder fine-tuning preset: only the synthesis and its gains learn."""
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(smooth_image(80, 90)).save(data / "0.png")
+    preset = load_preset("cpu-gllmm-n64-s96-decoder")
+    base = train(tiny_config(steps=1), data, tmp_path / "base")
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    tuned = train(tiny_config(steps=3, freeze=preset.freeze, lr=1e-3), data, tmp_path / "tuned", init=tmp_path / "base" / "last.pt")
+    changed = {k for k, v in tuned.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("g_s.", "gains.log_inverse_gain", "prior.quantiles")) for k in changed)
+    assert any(k.startswith("g_s.") for k in changed) and "gains.log_inverse_gain" in changed
