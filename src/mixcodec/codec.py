@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import bitstream, context_coding
+from . import bitstream, context_coding, tiling
 from . import metadata as photo_metadata
 from .entropy.distributions import LATENT_MAX, LATENT_MIN
 from .errors import FormatError, InputError, ModelNotFoundError
@@ -75,18 +75,45 @@ def _entropy_path(net: ContextMixtureModel) -> context_coding.EntropyPath:
     return _ENTROPY_PATHS[net]
 
 
-def quantize_latents(model: ContextMixtureModel, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ŷ, ẑ)`` of a padded image ``(1, 3, H, W)`` in ``[0, 1]`` at ``quality``: the values a file stores."""
+def _quantize(model: ContextMixtureModel, y: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ŷ, ẑ)`` from the clipped latent ``y`` ``(1, m, h, w)``; ``h_a`` in stripes of ``rows`` image rows if given."""
     with torch.no_grad():
-        y = model.analyse(x.contiguous(memory_format=torch.channels_last), quality)
-        z = model.h_a(y)
+        z = model.h_a(y) if rows is None else tiling.run(model.h_a, y, rows // PAD_MULTIPLE)
         medians = model.prior.medians.view(1, -1, 1, 1)
         z_hat = torch.round(z - medians).clamp(LATENT_MIN, LATENT_MAX) + medians
         return torch.round(y), z_hat
 
 
-def reconstruct(model: ContextMixtureModel, y_hat: torch.Tensor, quality: float, height: int, width: int) -> np.ndarray:
-    """Synthesize ``ŷ`` of ``quality`` and crop to ``height x width``: HxWx3 uint8."""
+def quantize_latents(model: ContextMixtureModel, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ŷ, ẑ)`` of a padded image ``(1, 3, H, W)`` in ``[0, 1]`` at ``quality``: the values a file stores."""
+    with torch.no_grad():
+        return _quantize(model, model.analyse(x.contiguous(memory_format=torch.channels_last), quality))
+
+
+def image_latents(model: ContextMixtureModel, image: np.ndarray, quality: float, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ŷ, ẑ)`` of an ``HxWx3`` uint8 image (padded here): :func:`quantize_latents` of the
+    padded image, in stripes of ``rows`` image rows (default :func:`tiling.stripe_rows`) when
+    it is more than one stripe high (:func:`tiling.is_striped`); the same values either way."""
+    padded = (image.shape[0] + (-image.shape[0] % PAD_MULTIPLE), image.shape[1] + (-image.shape[1] % PAD_MULTIPLE))
+    rows = rows or tiling.stripe_rows(padded[1])
+    if not tiling.is_striped(*padded, rows):
+        x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
+        return quantize_latents(model, _pad(x), quality)
+    with torch.no_grad():
+        return _quantize(model, tiling.analyse(model, image, quality, padded, rows), rows)
+
+
+def reconstruct(
+    model: ContextMixtureModel, y_hat: torch.Tensor, quality: float, height: int, width: int, rows: int | None = None
+) -> np.ndarray:
+    """Synthesize ``ŷ`` of ``quality`` and crop to ``height x width``: HxWx3 uint8.  In stripes of
+    ``rows`` image rows (default :func:`tiling.stripe_rows`) when ``ŷ`` is more than one stripe
+    high (:func:`tiling.is_striped`); the same pixels either way."""
+    rows = rows or tiling.stripe_rows(16 * y_hat.shape[3])
+    if tiling.is_striped(16 * y_hat.shape[2], 16 * y_hat.shape[3], rows):
+        synthesis = tiling.Synthesis(model, quality, y_hat.shape[2:], height, width, rows)
+        synthesis.push(y_hat)
+        return synthesis.image
     with torch.no_grad():
         x_hat = model.synthesize(y_hat.contiguous(memory_format=torch.channels_last), quality)[0, :, :height, :width].clamp(0, 1)
     return (x_hat * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -131,8 +158,7 @@ def compress(
     except ValueError as exc:
         raise InputError(f"{exc} (compress --strip drops the metadata)") from None
     net = load_model(info)
-    x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
-    y_hat, z_hat = quantize_latents(net, _pad(x), info.quality)
+    y_hat, z_hat = image_latents(net, array, info.quality)
     z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule, _entropy_path(net))
     header = bitstream.Header(
         model=info.name, quality=info.quality, digest=info.digest, height=array.shape[0], width=array.shape[1],

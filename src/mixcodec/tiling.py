@@ -1,0 +1,263 @@
+"""The transforms in horizontal stripes: bounded memory at any image size, the same values as whole.
+
+Every transform (``g_a``, ``h_a``, ``g_s``) is an ``nn.Sequential`` of *stages* made of
+convolutions, pixel shuffles and point-wise maps (GDN is a 1x1 convolution across
+channels; the "simplified attention" is convolutional, with no global pooling), so each
+output row depends on a bounded window of input rows: the stage's *footprint*
+(:func:`footprint`, worked out from the modules, not measured).  :class:`StripedSequential`
+streams the rows of an image through the stages: a stage computes a stripe of its output
+rows from the input rows the stripe needs plus its footprint's margin (``radius`` rows
+each side, clipped at the image border), keeps the rows its next stripe needs and drops
+the rest.  Inside a stripe a convolution's zero padding at a cut edge only reaches
+``radius`` rows inward, so the kept rows are the rows of the whole-image computation
+(mathematically; in floating point, see below), and memory is a few stripes of each
+stage, whatever the image height.  Stripes span the whole width (a convolution of a
+different width may take a different algorithm); the stripe height follows from
+:data:`STRIPE_PIXELS` (:func:`stripe_rows`).
+
+Floating point: a stripe and the whole image run the same kernels on the same width,
+which here gives bit-identical rows (tests/test_tiling.py checks it on the tiny models,
+the shipped model's check is in docs/large-images.md).  Images of at most one stripe
+(:func:`is_striped` false) take the whole-image path of before, so their files and
+pixels are those of before whatever the backend does.
+
+Each stage recomputes ``2 * radius`` rows of its input per stripe: with the default
+stripe height that is a few percent of the work of the full-resolution stages (the
+latent-resolution stages, whose margins are larger in image rows, are cheap).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .entropy.distributions import LATENT_MAX, LATENT_MIN
+from .layers import (
+    GDN,
+    AttentionUnit,
+    ConcatenatedResidualModule,
+    ResidualBlock,
+    ResidualBlockUpsample,
+    ResidualBlockWithStride,
+    SimplifiedAttention,
+)
+
+#: Output pixels of one stripe of the transforms (the stripe height is this over the width).
+STRIPE_PIXELS = 1 << 21
+#: Stripe heights are multiples of this (the image side of ``z``'s down-sampling).
+ROW_MULTIPLE = 64
+#: Fewest image rows in a stripe, however wide the image.
+MIN_STRIPE_ROWS = 128
+
+_POINTWISE = (nn.LeakyReLU, nn.ReLU, nn.Identity, nn.Sigmoid, GDN)
+#: Blocks whose children are parallel branches summed (or gated) at the end; point-wise
+#: maps applied after the sum (AttentionUnit's ReLU) are children of radius 0.
+_BRANCHING = (ResidualBlock, ResidualBlockWithStride, ResidualBlockUpsample, ConcatenatedResidualModule, AttentionUnit, SimplifiedAttention)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Which input rows a module's output rows depend on.
+
+    Output rows ``[a, b)`` depend only on input rows
+    ``[floor(a / scale) - radius, ceil(b / scale) + radius)``.
+
+    Attributes:
+        radius: margin, in input rows (an upper bound).
+        scale: output rows per input row (``1/2`` for a stride-2 convolution, ``2`` for a
+            pixel shuffle by 2).
+    """
+
+    radius: int
+    scale: Fraction
+
+    def then(self, other: "Footprint") -> "Footprint":
+        """The footprint of this module followed by ``other``."""
+        # other's first input row is floor(a / s) - r >= a / s - r - 1 (exact when 1/s is an integer)
+        slack = 0 if other.scale.numerator == 1 else 1
+        return Footprint(self.radius + math.ceil((other.radius + slack) / self.scale), self.scale * other.scale)
+
+
+_IDENTITY = Footprint(0, Fraction(1))
+
+
+def footprint(module: nn.Module) -> Footprint:
+    """The footprint of a transform or of one of its stages, from its modules.
+
+    Raises:
+        ValueError: a module whose footprint is not known (not local, or not handled here).
+    """
+    if isinstance(module, nn.Conv2d):
+        (kh, _), (sh, _), (dh, _), (ph, _) = module.kernel_size, module.stride, module.dilation, module.padding
+        if ph != dh * (kh - 1) // 2:
+            raise ValueError(f"{module}: only 'same' padding is handled")
+        return Footprint(ph, Fraction(1, sh))
+    if isinstance(module, nn.PixelShuffle):
+        return Footprint(0, Fraction(module.upscale_factor))
+    if isinstance(module, _POINTWISE):
+        return _IDENTITY
+    if isinstance(module, nn.Sequential):
+        result = _IDENTITY
+        for child in module:
+            result = result.then(footprint(child))
+        return result
+    if isinstance(module, _BRANCHING):
+        branches = [footprint(child) for child in module.children()]
+        scales = {b.scale for b in branches if b.radius or b.scale != 1} or {Fraction(1)}
+        if len(scales) != 1:
+            raise ValueError(f"{type(module).__name__}: branches of different scales")
+        return Footprint(max(b.radius for b in branches), scales.pop())
+    raise ValueError(f"{type(module).__name__}: footprint unknown (not a local operation handled by tiling)")
+
+
+class _Stage:
+    """One stage of a :class:`StripedSequential`: buffers input rows, emits output stripes."""
+
+    def __init__(self, module: nn.Module, in_rows: int, chunk: int):
+        self.module = module
+        fp = footprint(module)
+        self.radius = fp.radius
+        self.scale = fp.scale
+        self.in_rows = in_rows
+        self.out_rows = in_rows * fp.scale
+        if self.out_rows.denominator != 1:
+            raise ValueError(f"{in_rows} rows do not fit the stage's scale {fp.scale}")
+        self.out_rows = int(self.out_rows)
+        #: input rows must start on a multiple of this (a strided convolution keeps its phase)
+        self.align = fp.scale.denominator
+        self.chunk = max(1, chunk)
+        self.buffer: Tensor | None = None
+        self.buffer_start = 0  # input row of buffer[:, :, 0]
+        self.received = 0  # input rows pushed so far
+        self.emitted = 0  # output rows produced so far
+
+    def _span(self, start: int, stop: int) -> tuple[int, int]:
+        """Input rows ``[lo, hi)`` that output rows ``[start, stop)`` are computed from."""
+        lo = max(0, math.floor(start / self.scale) - self.radius)
+        lo -= lo % self.align
+        hi = min(self.in_rows, math.ceil(stop / self.scale) + self.radius)
+        return lo, hi
+
+    def push(self, rows: Tensor) -> Iterator[Tensor]:
+        """Take the next input rows ``(1, C, k, W)``; yield the output stripes now complete."""
+        self.buffer = rows if self.buffer is None else torch.cat([self.buffer, rows], dim=2)
+        self.received += rows.shape[2]
+        while self.emitted < self.out_rows:
+            stop = min(self.out_rows, self.emitted + self.chunk)
+            lo, hi = self._span(self.emitted, stop)
+            if hi > self.received:
+                return
+            window = self.buffer[:, :, lo - self.buffer_start : hi - self.buffer_start]
+            with torch.no_grad():
+                out = self.module(window.contiguous(memory_format=torch.channels_last))
+            first = self.emitted - int(lo * self.scale)
+            yield out[:, :, first : first + stop - self.emitted]
+            self.emitted = stop
+            if stop < self.out_rows:  # drop the rows no later stripe reads
+                keep = self._span(stop, min(self.out_rows, stop + self.chunk))[0]
+                self.buffer = self.buffer[:, :, keep - self.buffer_start :]
+                self.buffer_start = keep
+        self.buffer = None
+
+
+class StripedSequential:
+    """Push rows of an input through an ``nn.Sequential`` stage by stage; get output stripes.
+
+    Args:
+        sequential: the transform; each child is a stage with a known :func:`footprint`.
+        in_rows: rows of the whole input.
+        out_chunk: output rows per stripe of the last stage (earlier stages get the
+            same stripe height in image terms, at least one row).
+    """
+
+    def __init__(self, sequential: nn.Sequential, in_rows: int, out_chunk: int):
+        scales = [footprint(child).scale for child in sequential]
+        remaining = [math.prod(scales[i + 1 :], start=Fraction(1)) for i in range(len(scales))]
+        self.stages, rows = [], in_rows
+        for child, after in zip(sequential, remaining):
+            stage = _Stage(child, rows, math.ceil(out_chunk / after))
+            self.stages.append(stage)
+            rows = stage.out_rows
+        self.out_rows = rows
+
+    def push(self, rows: Tensor) -> Iterator[Tensor]:
+        """Feed the next input rows ``(1, C, k, W)`` (in order); yield finished output stripes."""
+        yield from self._push(0, rows)
+
+    def _push(self, index: int, rows: Tensor) -> Iterator[Tensor]:
+        if index == len(self.stages):
+            yield rows
+            return
+        for out in self.stages[index].push(rows):
+            yield from self._push(index + 1, out)
+
+
+def stripe_rows(width: int) -> int:
+    """Image rows per stripe for a (padded) image ``width`` pixels wide: a multiple of
+    :data:`ROW_MULTIPLE`, about :data:`STRIPE_PIXELS` pixels, at least :data:`MIN_STRIPE_ROWS`."""
+    return max(MIN_STRIPE_ROWS, STRIPE_PIXELS // width // ROW_MULTIPLE * ROW_MULTIPLE)
+
+
+def is_striped(height: int, width: int, rows: int | None = None) -> bool:
+    """Whether a padded ``height x width`` image is transformed in stripes of ``rows``
+    image rows (default :func:`stripe_rows`): more than one stripe high."""
+    return height > (rows or stripe_rows(width))
+
+
+def analyse(model: nn.Module, image: np.ndarray, quality: float, padded: tuple[int, int], rows: int) -> Tensor:
+    """``y`` ``(1, m, H/16, W/16)`` of ``model.analyse`` on an ``HxWx3`` uint8 image
+    replicate-padded to ``padded`` = ``(H, W)``, computed in stripes of ``rows`` image rows.
+    Equal to ``model.analyse(pad(image / 255), quality)``."""
+    height, width = padded
+    with torch.no_grad():
+        gain, _ = model.gains(model._qualities(quality, 1))
+    columns = np.minimum(np.arange(width), image.shape[1] - 1)  # replicate padding on the right...
+    g_a = StripedSequential(model.g_a, height, rows // 16)
+    stripes = []
+    for start in range(0, height, rows):
+        index = np.minimum(np.arange(start, min(height, start + rows)), image.shape[0] - 1)  # ...and the bottom
+        x = torch.from_numpy(image[index][:, columns]).permute(2, 0, 1)[None].float() / 255
+        for y in g_a.push(x):
+            stripes.append((y.float() * gain).clamp_(LATENT_MIN, LATENT_MAX))
+    return torch.cat(stripes, dim=2)
+
+
+def run(sequential: nn.Sequential, x: Tensor, rows: int) -> Tensor:
+    """``sequential(x)`` for ``x`` ``(1, C, H, W)``, computed in stripes of ``rows`` output rows."""
+    striped = StripedSequential(sequential, x.shape[2], rows)
+    step = math.ceil(rows / footprint(sequential).scale)
+    return torch.cat([out for start in range(0, x.shape[2], step) for out in striped.push(x[:, :, start : start + step])], dim=2)
+
+
+class Synthesis:
+    """``model.synthesize`` in stripes, written into an ``height x width x 3`` uint8 array as
+    latent rows arrive (:meth:`push`): pixels equal to the whole-image
+    ``codec.reconstruct``.
+
+    Args:
+        rows: image rows per stripe (a multiple of 16).
+    """
+
+    def __init__(self, model: nn.Module, quality: float, latent_size: tuple[int, int], height: int, width: int, rows: int):
+        with torch.no_grad():
+            _, self.inverse_gain = model.gains(model._qualities(quality, 1))
+        self.g_s = StripedSequential(model.g_s, latent_size[0], rows)
+        self.height, self.width = height, width
+        self.image = np.empty((height, width, 3), dtype=np.uint8)
+        self.done = 0  # image rows written
+
+    def push(self, y_rows: Tensor) -> None:
+        """The next rows ``(1, m, k, W/16)`` of ``ŷ`` (float32, in order)."""
+        for x in self.g_s.push(y_rows.float() * self.inverse_gain):
+            stop = min(self.height, self.done + x.shape[2])
+            if stop > self.done:
+                pixels = (x[0, :, : stop - self.done, : self.width].clamp(0, 1) * 255).round().to(torch.uint8)
+                self.image[self.done : stop] = pixels.permute(1, 2, 0).numpy()
+            self.done += x.shape[2]
+
