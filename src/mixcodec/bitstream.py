@@ -65,7 +65,7 @@ READABLE_VERSIONS = (PIXELS_ONLY_VERSION, FORMAT_VERSION)
 MAX_METADATA_BYTES = 1 << 22
 MAX_SIDE = 1 << 15
 #: Largest image (pixels) the codec accepts; bounds memory use of the transforms.
-MAX_PIXELS = 1 << 24
+MAX_PIXELS = 1 << 27
 MODES = ("RGB", "L")
 SCHEDULE_IDS = SCHEDULES  # stored as the index into this tuple
 

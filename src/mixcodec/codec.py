@@ -167,8 +167,8 @@ def compress(
     return bitstream.pack(header, z_stream, y_stream)
 
 
-def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstream.Header, ContextMixtureModel, torch.Tensor]:
-    """Parse a file and decode its ``ŷ``: ``(header, model, ŷ (1, m, H/16, W/16))``."""
+def _open(data: bytes, model: ModelInfo | None) -> tuple[bitstream.Header, bytes, bytes, ContextMixtureModel, tuple[int, int]]:
+    """Parse a file and load its model: ``(header, z_stream, y_stream, model, latent size (H/16, W/16))``."""
     header, z_stream, y_stream = bitstream.parse(data)
     info = model or find_written(header.model, header.digest)
     if not info.holds(header.digest):
@@ -177,11 +177,36 @@ def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstre
         raise FormatError(f"the file codes {header.channels} latent channels, its model {info.label} has {info.config.m}")
     if not 1 <= header.quality <= info.config.qualities:
         raise FormatError(f"quality {header.quality:g} is outside the 1..{info.config.qualities} of {info.name}")
-    net = load_model(info)
     padded = (header.height + (-header.height % PAD_MULTIPLE), header.width + (-header.width % PAD_MULTIPLE))
-    latent_size = (padded[0] // 16, padded[1] // 16)
+    return header, z_stream, y_stream, load_model(info), (padded[0] // 16, padded[1] // 16)
+
+
+def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstream.Header, ContextMixtureModel, torch.Tensor]:
+    """Parse a file and decode its ``ŷ``: ``(header, model, ŷ (1, m, H/16, W/16))``."""
+    header, z_stream, y_stream, net, latent_size = _open(data, model)
     y_hat = context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, _entropy_path(net))
     return header, net, y_hat
+
+
+def decode_pixels(data: bytes, model: ModelInfo | None = None, rows: int | None = None) -> tuple[bitstream.Header, np.ndarray]:
+    """Parse and decode a file to ``(header, HxWx3 uint8 pixels)``.
+
+    An image more than one stripe of ``rows`` image rows high (default
+    :func:`tiling.stripe_rows`) is synthesized in stripes, and, with two or more torch
+    threads, beside the entropy decoding: a worker thread synthesizes the rows of ``ŷ``
+    the decoder has finished (the worker takes all threads but one, the entropy path
+    one).  The pixels are :func:`reconstruct` of the decoded ``ŷ`` either way.
+    """
+    header, z_stream, y_stream, net, latent_size = _open(data, model)
+    rows = rows or tiling.stripe_rows(16 * latent_size[1])
+    threads = torch.get_num_threads()
+    if not tiling.is_striped(16 * latent_size[0], 16 * latent_size[1], rows) or threads < 2:
+        y_hat = context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, _entropy_path(net))
+        return header, reconstruct(net, y_hat, header.quality, header.height, header.width, rows)
+    synthesis = tiling.Synthesis(net, header.quality, latent_size, header.height, header.width, rows)
+    with tiling.BackgroundSynthesis(synthesis, threads=threads - 1, caller_threads=1) as background:
+        context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, _entropy_path(net), background.feed)
+    return header, synthesis.image
 
 
 def decompress(data: bytes, model: ModelInfo | None = None) -> Image.Image:
@@ -194,7 +219,6 @@ def decompress(data: bytes, model: ModelInfo | None = None) -> Image.Image:
         FormatError: the data is not a valid file.
         ModelNotFoundError: the model that wrote it is not installed (or is not ``model``).
     """
-    header, net, y_hat = decode_latents(data, model)
-    array = reconstruct(net, y_hat, header.quality, header.height, header.width)
+    header, array = decode_pixels(data, model)
     image = Image.fromarray(array, "RGB")
     return photo_metadata.attach(image.convert("L") if header.mode == "L" else image, header.metadata)

@@ -19,6 +19,7 @@ count.  Channels of ``ŷ`` that are zero everywhere are flagged and skipped.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -176,25 +177,39 @@ def _encode_latents(path: EntropyPath, hyper: Tensor, y_int: Tensor, active: np.
                         coding.encode_symbols(encoder, values[index[a:b]], pmf[a:b], offsets[a:b])
 
 
-def _decode_latents(path: EntropyPath, hyper: Tensor, active: np.ndarray, schedule: str, decoder) -> Tensor:
+#: ``on_rows(done, latents)``: rows ``[0, done)`` of ``latents`` ``(m, H, W)`` are final.
+RowsDone = Callable[[int, Tensor], None]
+
+
+def _decode_latents(path: EntropyPath, hyper: Tensor, active: np.ndarray, schedule: str, decoder, on_rows: RowsDone | None = None) -> Tensor:
     """Walk the schedule and read every active element of ``ŷ``: one batch per step (the
     positions of a step only depend on earlier steps), one coder call per window width.
+    ``on_rows`` is called (if given) each time more rows are final, last with all ``H``.
 
     Returns:
         The latents ``(m, H, W)`` (float64).
     """
     height, width = hyper.shape[1], hyper.shape[2]
     y_padded = torch.zeros(path.channels, height + _K, width + 2 * _K, dtype=torch.float64)
+    latents = y_padded[:, _K:, _K : _K + width]
     active_t = torch.from_numpy(active)
+    steps = schedule_steps(schedule, height, width)
+    last_step = np.zeros(height, dtype=np.int64)  # the step that finishes each row (non-decreasing)
+    for i, (rows, _) in enumerate(steps):
+        last_step[rows] = i
+    done = 0
     with torch.no_grad():
-        for rows, cols in schedule_steps(schedule, height, width):
+        for step, (rows, cols) in enumerate(steps):
             mixture = path.params(y_padded, hyper, rows, cols, active)
             values = np.zeros(len(rows) * len(active), dtype=np.int64)
             for index, pmf, offsets in _pmf_groups(path.spec, mixture):
                 values[index] = coding.decode_symbols(decoder, pmf, offsets)
             grid = torch.from_numpy(values).double().reshape(len(rows), len(active))
             y_padded[active_t[None, :], torch.from_numpy(rows + _K)[:, None], torch.from_numpy(cols + _K)[:, None]] = grid
-    return y_padded[:, _K:, _K : _K + width]
+            if on_rows is not None and done < height and last_step[done] <= step:
+                done = int(np.searchsorted(last_step, step, side="right"))
+                on_rows(done, latents)
+    return latents
 
 
 def encode(
@@ -218,12 +233,13 @@ def encode(
 
 def decode(
     model: ContextMixtureModel, z_stream: bytes, y_stream: bytes, active: np.ndarray, latent_size: tuple[int, int], schedule: str = "wavefront",
-    path: EntropyPath | None = None,
+    path: EntropyPath | None = None, on_rows: RowsDone | None = None,
 ) -> Tensor:
-    """Inverse of :func:`encode`: ``ŷ`` ``(1, m, H, W)`` float32 for latent size ``(H, W)``."""
+    """Inverse of :func:`encode`: ``ŷ`` ``(1, m, H, W)`` float32 for latent size ``(H, W)``;
+    ``on_rows``: told as rows of ``ŷ`` become final (:func:`_decode_latents`)."""
     z_hat = decode_z(model, z_stream, (latent_size[0] // 4, latent_size[1] // 4))
     path = path or EntropyPath(model)
-    y_hat = _decode_latents(path, path.hyper(z_hat), active, schedule, coding.new_decoder(y_stream))
+    y_hat = _decode_latents(path, path.hyper(z_hat), active, schedule, coding.new_decoder(y_stream), on_rows)
     return y_hat.float()[None]
 
 

@@ -15,11 +15,16 @@ stage, whatever the image height.  Stripes span the whole width (a convolution o
 different width may take a different algorithm); the stripe height follows from
 :data:`STRIPE_PIXELS` (:func:`stripe_rows`).
 
-Floating point: a stripe and the whole image run the same kernels on the same width,
-which here gives bit-identical rows (tests/test_tiling.py checks it on the tiny models,
-the shipped model's check is in docs/large-images.md).  Images of at most one stripe
-(:func:`is_striped` false) take the whole-image path of before, so their files and
-pixels are those of before whatever the backend does.
+Floating point: a stripe and the whole image run the same modules on the same width and
+memory format, but a backend may pick a different kernel (a different order of the sums)
+for a different height.  With the shipped models' widths (128 channels, oneDNN on x86)
+the stripes are bit-identical to the whole image (``benchmarks/large_images.py`` checks
+it); with very narrow layers (the 8-channel test models) they differ by float rounding
+(about 1e-4 after amplification through random weights; exact in the margins' sense:
+float64 agrees to 1e-9, tests/test_tiling.py).  The stripe height is a function of the
+image width only, so a file always decodes to the same pixels on a machine.  Images of
+at most one stripe (:func:`is_striped` false) take the whole-image path of before, so
+their files and pixels are those of before whatever the backend does.
 
 Each stage recomputes ``2 * radius`` rows of its input per stripe: with the default
 stripe height that is a few percent of the work of the full-resolution stages (the
@@ -29,6 +34,8 @@ latent-resolution stages, whose margins are larger in image rows, are cheap).
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -116,6 +123,10 @@ def footprint(module: nn.Module) -> Footprint:
     raise ValueError(f"{type(module).__name__}: footprint unknown (not a local operation handled by tiling)")
 
 
+def _memory_format(x: Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
 class _Stage:
     """One stage of a :class:`StripedSequential`: buffers input rows, emits output stripes."""
 
@@ -154,8 +165,8 @@ class _Stage:
             if hi > self.received:
                 return
             window = self.buffer[:, :, lo - self.buffer_start : hi - self.buffer_start]
-            with torch.no_grad():
-                out = self.module(window.contiguous(memory_format=torch.channels_last))
+            with torch.no_grad():  # in the memory format the whole-image input has (the kernels may depend on it)
+                out = self.module(window.contiguous(memory_format=_memory_format(rows)))
             first = self.emitted - int(lo * self.scale)
             yield out[:, :, first : first + stop - self.emitted]
             self.emitted = stop
@@ -223,7 +234,7 @@ def analyse(model: nn.Module, image: np.ndarray, quality: float, padded: tuple[i
     for start in range(0, height, rows):
         index = np.minimum(np.arange(start, min(height, start + rows)), image.shape[0] - 1)  # ...and the bottom
         x = torch.from_numpy(image[index][:, columns]).permute(2, 0, 1)[None].float() / 255
-        for y in g_a.push(x):
+        for y in g_a.push(x.contiguous(memory_format=torch.channels_last)):
             stripes.append((y.float() * gain).clamp_(LATENT_MIN, LATENT_MAX))
     return torch.cat(stripes, dim=2)
 
@@ -254,10 +265,65 @@ class Synthesis:
 
     def push(self, y_rows: Tensor) -> None:
         """The next rows ``(1, m, k, W/16)`` of ``ŷ`` (float32, in order)."""
-        for x in self.g_s.push(y_rows.float() * self.inverse_gain):
+        for x in self.g_s.push(y_rows.float().contiguous(memory_format=torch.channels_last) * self.inverse_gain):
             stop = min(self.height, self.done + x.shape[2])
             if stop > self.done:
                 pixels = (x[0, :, : stop - self.done, : self.width].clamp(0, 1) * 255).round().to(torch.uint8)
                 self.image[self.done : stop] = pixels.permute(1, 2, 0).numpy()
             self.done += x.shape[2]
 
+
+
+class BackgroundSynthesis:
+    """A :class:`Synthesis` run in a worker thread, fed rows of ``ŷ`` as the entropy decoder
+    finishes them (:meth:`feed`, a :data:`~.context_coding.RowsDone`), so that the two
+    run side by side.  Use as a context manager around the entropy decoding::
+
+        with BackgroundSynthesis(synthesis, threads=1) as background:
+            context_coding.decode(..., on_rows=background.feed)
+        synthesis.image  # complete
+
+    PyTorch keeps an intra-op thread count per thread: the worker uses ``threads``, the
+    caller ``caller_threads`` inside the block (the entropy path is exact whatever its
+    count) and its own count again after it.  An error in the worker is raised on exit.
+    """
+
+    def __init__(self, synthesis: Synthesis, threads: int, caller_threads: int = 1):
+        self.synthesis, self.threads, self.caller_threads = synthesis, threads, caller_threads
+        self._restore = 0
+        self.sent = 0  # rows of ŷ handed over
+        self._queue: "queue.Queue[Tensor | None]" = queue.Queue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="mixcodec-synthesis", daemon=True)
+
+    def _work(self) -> None:
+        torch.set_num_threads(self.threads)
+        torch.get_num_threads()  # makes this thread's count its own before the caller sets the default again
+        self._ready.set()
+        while (rows := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self.synthesis.push(rows)
+                except BaseException as exc:  # re-raised in the caller's thread by __exit__
+                    self._error = exc
+
+    def feed(self, done: int, latents: Tensor) -> None:
+        """Rows ``[0, done)`` of ``latents`` ``(m, H, W)`` are final: hand the new ones over (copied)."""
+        if done > self.sent:
+            self._queue.put(latents[:, self.sent : done].float()[None])
+            self.sent = done
+
+    def __enter__(self) -> "BackgroundSynthesis":
+        self._restore = torch.get_num_threads()
+        self._thread.start()
+        self._ready.wait()  # torch.set_num_threads in the worker also set the default: set the caller's after it
+        torch.set_num_threads(self.caller_threads)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        torch.set_num_threads(self._restore)
+        if self._error is not None and exc_info[0] is None:
+            raise self._error

@@ -1,0 +1,159 @@
+"""Transforms in stripes (mixcodec.tiling): the same values as the whole image, bounded footprints,
+decoding beside the synthesis."""
+
+from __future__ import annotations
+
+import copy
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import smooth_image
+from mixcodec import bitstream, codec, tiling
+from mixcodec.errors import InputError
+from mixcodec.models.registry import load_model
+
+#: a stripe of 64 image rows: a 200-row image is 4 stripes, 24 latent rows of margin are more than a stripe
+ROWS = 64
+
+
+@pytest.fixture(params=["crm", "residual"])
+def net(request, tiny_model):
+    return load_model(tiny_model(request.param))
+
+
+def test_footprints_of_the_shipped_architecture(net):
+    """Worked out from the modules.  g_a by hand, in image rows: 3 + 4k*2 + 6 + 3*4 + 4k*4 + 12 +
+    4k*8 + 8 + 3*16 with k = 2 (CRM: four 3x3 convs in series) or 1 (residual block): 145 or 117.
+    g_s (latent rows): 3 + 4k + 1.5 + 2k + 0.75 + 0.75 + k + 0.375 + k/2 + 0.125 = 14 for the CRM;
+    the computed bound adds up to a row per pixel shuffle for rounding."""
+    crm = net.config.backbone == "crm"
+    assert tiling.footprint(net.g_a) == tiling.Footprint(145 if crm else 117, Fraction(1, 16))
+    assert tiling.footprint(net.g_s).scale == 16 and (14 if crm else 7.5) <= tiling.footprint(net.g_s).radius <= 24
+    assert tiling.footprint(net.h_a).scale == Fraction(1, 4)
+
+
+def test_footprint_bounds_what_each_stage_reads(net):
+    """Changing one input row changes only output rows whose footprint holds that row."""
+    for transform, channels, rows in ((net.g_a, 3, 64), (net.g_s, net.config.m, 12), (net.h_a, net.config.m, 16)):
+        x = torch.rand(1, channels, rows, 8)
+        for stage in transform:
+            fp = tiling.footprint(stage)
+            with torch.no_grad():
+                base = stage(x)
+                for row in (0, rows // 2, rows - 1):
+                    bumped = x.clone()
+                    bumped[:, :, row] += 1.0
+                    changed = np.flatnonzero((stage(bumped) != base).any(dim=3).any(dim=1)[0].numpy())
+                    for out in changed:  # output row `out` may read input rows [floor(out/s) - r, ceil((out+1)/s) + r)
+                        assert np.floor(out / fp.scale) - fp.radius <= row < np.ceil((out + 1) / fp.scale) + fp.radius
+            x = base
+            rows = x.shape[2]
+
+
+def test_unknown_modules_are_refused():
+    with pytest.raises(ValueError, match="footprint unknown"):
+        tiling.footprint(torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1)))
+
+
+def test_striped_transforms_equal_whole(net):
+    """g_a, h_a and g_s in stripes give the whole-image values (the gains, padding and
+    rounding around them: next test).  In float64, to rounding
+    (a missing margin gives errors of order 1, next test); the 8-channel float32 test
+    models may pick other kernels for other heights (tiling's docstring)."""
+    net = copy.deepcopy(net).double()  # load_model caches the model: not in place
+    image = smooth_image(200, 150)
+    padded = codec._pad(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].double() / 255)
+    with torch.no_grad():
+        x = padded.contiguous(memory_format=torch.channels_last)
+        y_whole = net.g_a(x)
+        torch.testing.assert_close(y_whole, tiling.run(net.g_a, x, ROWS // 16), rtol=0, atol=1e-9)
+        torch.testing.assert_close(net.h_a(y_whole), tiling.run(net.h_a, y_whole, ROWS // 64), rtol=0, atol=1e-9)
+        y_hat = torch.round(y_whole)
+        x_whole = net.g_s(y_hat.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(x_whole, tiling.run(net.g_s, y_hat, ROWS), rtol=0, atol=1e-9)
+
+
+def test_striped_pixels_within_rounding_of_whole(net):
+    """float32, as coded: latents and pixels of the stripes are those of the whole image
+    but for float rounding (the tiny models' narrow layers): at most one step, rarely."""
+    image = smooth_image(200, 150)
+    padded = codec._pad(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255)
+    (y_whole, z_whole), (y_striped, z_striped) = codec.quantize_latents(net, padded, 1), codec.image_latents(net, image, 1, ROWS)
+    assert (y_whole != y_striped).float().mean() < 1e-3 and (y_whole - y_striped).abs().max() <= 1
+    whole = codec.reconstruct(net, y_whole, 1, 200, 150, rows=10**6).astype(int)
+    striped = codec.reconstruct(net, y_whole, 1, 200, 150, rows=ROWS).astype(int)
+    assert np.abs(whole - striped).max() <= 1 and (whole != striped).mean() < 1e-3
+
+
+def test_a_stripe_margin_smaller_than_the_footprint_differs(net, monkeypatch):
+    """The bit-exactness above depends on the margins (the test can fail)."""
+    y_hat = torch.round(8 * torch.randn(1, net.config.m, 12, 10))
+    with torch.no_grad():
+        whole = net.g_s(y_hat.contiguous(memory_format=torch.channels_last))
+        monkeypatch.setattr(tiling, "footprint", lambda m, real=tiling.footprint: tiling.Footprint(0, real(m).scale))
+        assert not torch.equal(whole, tiling.run(net.g_s, y_hat, 32))
+
+
+def test_small_images_take_the_whole_image_path(net, monkeypatch):
+    """One stripe or less: the transforms are never cut (today's code path, so today's bytes)."""
+    monkeypatch.setattr(tiling, "StripedSequential", None)  # any use would fail
+    image = smooth_image(70, 90)
+    y_hat, _ = codec.image_latents(net, image, 1)
+    assert codec.reconstruct(net, y_hat, 1, 70, 90).shape == (70, 90, 3)
+    assert not tiling.is_striped(4096, 512) and tiling.is_striped(4096, 4096)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decoding_beside_the_synthesis_gives_the_sequential_pixels(tiny_model, threads):
+    """Threaded (2 threads) or not (1), striped decoding equals decode_latents + striped
+    reconstruct, and decompress takes it for an image over one stripe."""
+    info = tiny_model()
+    image = smooth_image(200, 130, seed=3)
+    data = codec.compress(image, model=info)
+    header, net, y_hat = codec.decode_latents(data, model=info)
+    expected = codec.reconstruct(net, y_hat, header.quality, 200, 130, rows=ROWS)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _, pixels = codec.decode_pixels(data, model=info, rows=ROWS)
+        assert torch.get_num_threads() == threads  # the caller's count is put back
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(pixels, expected)
+
+
+def test_rows_are_reported_final_in_order(tiny_model):
+    """The wavefront tells the rows it has finished; each reported row is already its final value."""
+    info = tiny_model()
+    data = codec.compress(smooth_image(200, 130), model=info)
+    _, _, y_hat = codec.decode_latents(data, model=info)
+    header, z_stream, y_stream, net, latent_size = codec._open(data, info)
+    seen = []
+
+    def on_rows(done, latents):
+        assert torch.equal(latents[:, :done].float(), y_hat[0, :, :done])
+        seen.append(done)
+
+    from mixcodec import context_coding
+
+    context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, on_rows=on_rows)
+    assert seen == sorted(set(seen)) and seen[-1] == latent_size[0] and len(seen) == latent_size[0]
+
+
+def test_synthesis_errors_reach_the_caller(tiny_model):
+    info = tiny_model()
+    net = load_model(info)
+    synthesis = tiling.Synthesis(net, 1, (8, 4), 128, 64, ROWS)
+    with pytest.raises(RuntimeError):
+        with tiling.BackgroundSynthesis(synthesis, threads=1) as background:
+            background.feed(8, torch.zeros(net.config.m + 1, 8, 4))  # wrong channel count
+
+
+def test_size_limit_is_over_100_megapixels():
+    bitstream.check_size(10_000, 10_000)
+    bitstream.check_size(bitstream.MAX_SIDE, bitstream.MAX_PIXELS // bitstream.MAX_SIDE)
+    with pytest.raises(InputError):
+        bitstream.check_size(bitstream.MAX_SIDE, bitstream.MAX_PIXELS // bitstream.MAX_SIDE + 1)
