@@ -1,11 +1,19 @@
 """Where encode and decode time goes, per stage, for one model on a few images.
 
     python benchmarks/time_breakdown.py ../shared/data/kodak [--limit 2] [--threads 1] [--model gllmm]
+    python benchmarks/time_breakdown.py ../shared/data/train --megapixels 12 --threads 2 --decode-only
 
 Runs compress/decompress under cProfile and reports the cumulative seconds of each
 stage (mean per image): the transforms (analysis / synthesis), the hyperprior
 (z coding and the integer hyper-synthesis), the entropy-parameter network (context
 taps + 1x1 layers, integer arithmetic), the PMF tables, and the range coder.
+cProfile sees the calling thread only: where the synthesis runs in a worker thread
+beside the entropy decoding (images over one stripe, 2+ threads), its row reads 0 and
+the wall-clock lines say what it costs: the entropy decoding alone
+(``codec.decode_latents``), the synthesis alone (``codec.reconstruct``), their sum (the
+sequential decoder) and ``decompress`` (without cProfile).
+``--megapixels``: one mosaic of the folder's photos of that size
+(``benchmarks/large_images.py``) instead of the first ``--limit`` images.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +33,7 @@ _ENTROPY_STAGES = {
 }
 STAGES = {
     "encode": {
-        "analysis": ("codec.py", "quantize_latents"),
+        "analysis": ("codec.py", "image_latents"),
         "hyper (z coding + integer h_s)": [("context_coding.py", "encode_z"), ("context_coding.py", "hyper")],
         **_ENTROPY_STAGES,
         "range coder": ("coding.py", "encode_symbols"),
@@ -54,6 +63,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="gllmm")
     parser.add_argument("--quality", type=int)
+    parser.add_argument("--megapixels", type=float, help="one mosaic of this size made of the folder's photos")
+    parser.add_argument("--decode-only", action="store_true")
     parser.add_argument("-o", "--output", type=Path, default=Path("time_breakdown.json"))
     args = parser.parse_args()
 
@@ -69,15 +80,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     info = find_model(args.model, args.quality)
     load_model(info)
-    images = list_images(args.dataset)[: args.limit]
-    codec.decompress(codec.compress(np.asarray(Image.open(images[0]).convert("RGB"))[:64, :64].copy(), model=info), model=info)  # warm-up
+    if args.megapixels:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from large_images import mosaic
+
+        images, arrays = [f"mosaic of {args.megapixels:g} Mpixel from {args.dataset}"], [mosaic(args.dataset, args.megapixels)]
+    else:
+        images = list_images(args.dataset)[: args.limit]
+        arrays = [np.asarray(Image.open(path).convert("RGB")) for path in images]
+    codec.decompress(codec.compress(arrays[0][:64, :64].copy(), model=info), model=info)  # warm-up
     report = {}
-    for kind in ("encode", "decode"):
+    files = [codec.compress(array, model=info) for array in arrays]
+    for kind in ("decode",) if args.decode_only else ("encode", "decode"):
         sums = dict.fromkeys(STAGES[kind], 0.0)
         wall = 0.0
-        for path in images:
-            array = np.asarray(Image.open(path).convert("RGB"))
-            data = codec.compress(array, model=info)
+        for array, data in zip(arrays, files):
             profiler = cProfile.Profile()
             start = time.perf_counter()
             profiler.enable()
@@ -90,14 +107,29 @@ def main() -> None:
         n = len(images)
         report[kind] = {"total_s": wall / n, **{k: v / n for k, v in sums.items()}}
         report[kind]["other_s"] = report[kind]["total_s"] - sum(v / n for v in sums.values())
+    alone = dict.fromkeys(("entropy decoding alone", "synthesis alone", "decompress"), 0.0)
+    for data in files:
+        t0 = time.perf_counter()
+        header, net, y_hat = codec.decode_latents(data, model=info)
+        t1 = time.perf_counter()
+        codec.reconstruct(net, y_hat, header.quality, header.height, header.width)
+        t2 = time.perf_counter()
+        codec.decompress(data, model=info)
+        t3 = time.perf_counter()
+        for key, seconds in zip(alone, (t1 - t0, t2 - t1, t3 - t2)):
+            alone[key] += seconds / len(files)
     print(f"{info.name} q{info.quality} (N={info.config.n}), {len(images)} images, {args.threads} thread(s); seconds per image (under cProfile)")
     for kind, stages in report.items():
         print(f"{kind}: {stages['total_s']:.2f} s")
         for stage, seconds in stages.items():
             if stage != "total_s":
                 print(f"  {stage:<32}{seconds:6.2f} s  {100 * seconds / stages['total_s']:5.1f}%")
+    sequential = alone["entropy decoding alone"] + alone["synthesis alone"]
+    print(f"decode, wall clock without cProfile: entropy decoding alone {alone['entropy decoding alone']:.2f} s, synthesis alone "
+          f"{alone['synthesis alone']:.2f} s, sum (sequential) {sequential:.2f} s; decompress {alone['decompress']:.2f} s "
+          f"= {alone['decompress'] / alone['synthesis alone']:.2f}x the synthesis alone, {alone['decompress'] / sequential:.2f}x the sum")
     args.output.write_text(json.dumps({"environment": environment(), "model": f"{info.name}:{info.quality}", "threads": args.threads,
-                                       "images": [str(p) for p in images], "breakdown": report}, indent=1))
+                                       "images": [str(p) for p in images], "breakdown": report, "decode_wall_s": alone}, indent=1))
     print(f"wrote {args.output}")
 
 

@@ -76,6 +76,17 @@ def test_striped_transforms_equal_whole(net):
         torch.testing.assert_close(x_whole, tiling.run(net.g_s, y_hat, ROWS), rtol=0, atol=1e-9)
 
 
+def test_striped_integer_hyper_synthesis_is_exact(tiny_model):
+    """The entropy path's integer h_s in stripes: the same integers (sums below 2**53 are exact)."""
+    from mixcodec.context_coding import EntropyPath
+    from mixcodec.entropy import exact
+
+    net = load_model(tiny_model())
+    path = EntropyPath(net)
+    z = exact.to_fixed(torch.round(4 * torch.randn(1, net.config.n, 7, 3)))
+    assert torch.equal(path.hyper_synthesis(z), tiling.run(path._hyper_stages, z, 4))
+
+
 def test_striped_pixels_within_rounding_of_whole(net):
     """float32, as coded: latents and pixels of the stripes are those of the whole image
     but for float rounding (the tiny models' narrow layers): at most one step, rarely."""

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import tiling
 from .entropy import coding, exact
 from .models.context_model import CONTEXT_KERNEL, ContextMixtureModel
 
@@ -70,6 +71,7 @@ class EntropyPath:
         convs = [m for m in model.entropy_parameters if isinstance(m, torch.nn.Conv2d)]
         self.layers = [exact.IntegerAffine.from_weight(c.weight[:, :, 0, 0].T, c.bias) for c in convs]
         self.hyper_synthesis = exact.IntegerSequential(model.h_s)
+        self._hyper_stages = [(op, tiling.footprint(layer)) for op, layer in zip(self.hyper_synthesis.ops, self.hyper_synthesis.sources)]
         self._output: tuple[bytes, exact.IntegerAffine] = (np.arange(self.channels).tobytes(), self.layers[-1])
 
     def output_layer(self, active: np.ndarray) -> exact.IntegerAffine:
@@ -91,8 +93,13 @@ class EntropyPath:
         return layer
 
     def hyper(self, z_hat: Tensor) -> Tensor:
-        """Hyper features ``(2m, 4h, 4w)`` (integers, units ``2**-ACT_BITS``) from ``ẑ`` ``(1, n, h, w)``."""
-        return self.hyper_synthesis(exact.to_fixed(z_hat))[0]
+        """Hyper features ``(2m, 4h, 4w)`` (integers, units ``2**-ACT_BITS``) from ``ẑ`` ``(1, n, h, w)``;
+        in stripes (:mod:`.tiling`; the same integers) for images over one stripe."""
+        height, width = 64 * z_hat.shape[2], 64 * z_hat.shape[3]
+        if not tiling.is_striped(height, width):
+            return self.hyper_synthesis(exact.to_fixed(z_hat))[0]
+        with torch.no_grad():
+            return tiling.run(self._hyper_stages, exact.to_fixed(z_hat), tiling.stripe_rows(width) // 16)[0]
 
     def params(self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray, active: np.ndarray) -> exact.IntegerMixture:
         """Mixture parameters ``(F, K, len(rows) * len(active))`` of the channels ``active`` at the

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -130,9 +130,8 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 class _Stage:
     """One stage of a :class:`StripedSequential`: buffers input rows, emits output stripes."""
 
-    def __init__(self, module: nn.Module, in_rows: int, chunk: int):
-        self.module = module
-        fp = footprint(module)
+    def __init__(self, function: Callable[[Tensor], Tensor], fp: Footprint, in_rows: int, chunk: int):
+        self.function = function
         self.radius = fp.radius
         self.scale = fp.scale
         self.in_rows = in_rows
@@ -166,7 +165,7 @@ class _Stage:
                 return
             window = self.buffer[:, :, lo - self.buffer_start : hi - self.buffer_start]
             with torch.no_grad():  # in the memory format the whole-image input has (the kernels may depend on it)
-                out = self.module(window.contiguous(memory_format=_memory_format(rows)))
+                out = self.function(window.contiguous(memory_format=_memory_format(rows)))
             first = self.emitted - int(lo * self.scale)
             yield out[:, :, first : first + stop - self.emitted]
             self.emitted = stop
@@ -178,24 +177,30 @@ class _Stage:
 
 
 class StripedSequential:
-    """Push rows of an input through an ``nn.Sequential`` stage by stage; get output stripes.
+    """Push rows of an input through a sequence of stages; get output stripes.
 
     Args:
-        sequential: the transform; each child is a stage with a known :func:`footprint`.
+        stages: ``(function, footprint)`` of each stage, in order (:meth:`of` for an
+            ``nn.Sequential``); a function maps ``(1, C, h, W)`` to ``(1, C', h * scale, W')``.
         in_rows: rows of the whole input.
         out_chunk: output rows per stripe of the last stage (earlier stages get the
             same stripe height in image terms, at least one row).
     """
 
-    def __init__(self, sequential: nn.Sequential, in_rows: int, out_chunk: int):
-        scales = [footprint(child).scale for child in sequential]
+    def __init__(self, stages: Sequence[tuple[Callable[[Tensor], Tensor], Footprint]], in_rows: int, out_chunk: int):
+        scales = [fp.scale for _, fp in stages]
         remaining = [math.prod(scales[i + 1 :], start=Fraction(1)) for i in range(len(scales))]
         self.stages, rows = [], in_rows
-        for child, after in zip(sequential, remaining):
-            stage = _Stage(child, rows, math.ceil(out_chunk / after))
+        for (function, fp), after in zip(stages, remaining):
+            stage = _Stage(function, fp, rows, math.ceil(out_chunk / after))
             self.stages.append(stage)
             rows = stage.out_rows
         self.out_rows = rows
+
+    @classmethod
+    def of(cls, sequential: nn.Sequential, in_rows: int, out_chunk: int) -> "StripedSequential":
+        """The children of ``sequential`` as stages (each with its :func:`footprint`)."""
+        return cls([(child, footprint(child)) for child in sequential], in_rows, out_chunk)
 
     def push(self, rows: Tensor) -> Iterator[Tensor]:
         """Feed the next input rows ``(1, C, k, W)`` (in order); yield finished output stripes."""
@@ -229,7 +234,7 @@ def analyse(model: nn.Module, image: np.ndarray, quality: float, padded: tuple[i
     with torch.no_grad():
         gain, _ = model.gains(model._qualities(quality, 1))
     columns = np.minimum(np.arange(width), image.shape[1] - 1)  # replicate padding on the right...
-    g_a = StripedSequential(model.g_a, height, rows // 16)
+    g_a = StripedSequential.of(model.g_a, height, rows // 16)
     stripes = []
     for start in range(0, height, rows):
         index = np.minimum(np.arange(start, min(height, start + rows)), image.shape[0] - 1)  # ...and the bottom
@@ -239,11 +244,19 @@ def analyse(model: nn.Module, image: np.ndarray, quality: float, padded: tuple[i
     return torch.cat(stripes, dim=2)
 
 
-def run(sequential: nn.Sequential, x: Tensor, rows: int) -> Tensor:
-    """``sequential(x)`` for ``x`` ``(1, C, H, W)``, computed in stripes of ``rows`` output rows."""
-    striped = StripedSequential(sequential, x.shape[2], rows)
-    step = math.ceil(rows / footprint(sequential).scale)
-    return torch.cat([out for start in range(0, x.shape[2], step) for out in striped.push(x[:, :, start : start + step])], dim=2)
+def run(stages: nn.Sequential | StripedSequential, x: Tensor, rows: int) -> Tensor:
+    """``stages(x)`` for ``x`` ``(1, C, H, W)``, computed in stripes of ``rows`` output rows;
+    ``stages``: an ``nn.Sequential`` or the ``stages`` argument of :class:`StripedSequential`."""
+    striped = StripedSequential.of(stages, x.shape[2], rows) if isinstance(stages, nn.Sequential) else StripedSequential(stages, x.shape[2], rows)
+    step = max(1, math.ceil(rows * x.shape[2] / striped.out_rows))
+    result, done = None, 0
+    for start in range(0, x.shape[2], step):
+        for out in striped.push(x[:, :, start : start + step]):
+            if result is None:  # filled in place: no second copy of the output
+                result = out.new_empty((out.shape[0], out.shape[1], striped.out_rows, out.shape[3]))
+            result[:, :, done : done + out.shape[2]] = out
+            done += out.shape[2]
+    return result
 
 
 class Synthesis:
@@ -258,7 +271,7 @@ class Synthesis:
     def __init__(self, model: nn.Module, quality: float, latent_size: tuple[int, int], height: int, width: int, rows: int):
         with torch.no_grad():
             _, self.inverse_gain = model.gains(model._qualities(quality, 1))
-        self.g_s = StripedSequential(model.g_s, latent_size[0], rows)
+        self.g_s = StripedSequential.of(model.g_s, latent_size[0], rows)
         self.height, self.width = height, width
         self.image = np.empty((height, width, 3), dtype=np.uint8)
         self.done = 0  # image rows written

@@ -139,13 +139,16 @@ class IntegerSequential:
 
     def __init__(self, module: nn.Module):
         self.ops: list = []
+        #: the float layer of each op (same order)
+        self.sources: list[nn.Module] = []
         self._collect(module)
 
     def _collect(self, module: nn.Module) -> None:
         if isinstance(module, nn.Sequential):
             for child in module:
                 self._collect(child)
-        elif isinstance(module, nn.Conv2d):
+            return
+        if isinstance(module, nn.Conv2d):
             layer = IntegerAffine.from_weight(module.weight, module.bias, module.stride[0], module.padding[0])
             self.ops.append(layer.conv)
         elif isinstance(module, nn.LeakyReLU):
@@ -156,6 +159,7 @@ class IntegerSequential:
             self.ops.append(module)
         else:
             raise TypeError(f"no integer twin for {type(module).__name__}")
+        self.sources.append(module)
 
     def __call__(self, x: Tensor) -> Tensor:
         with torch.no_grad():
