@@ -235,13 +235,14 @@ def analyse(model: nn.Module, image: np.ndarray, quality: float, padded: tuple[i
         gain, _ = model.gains(model._qualities(quality, 1))
     columns = np.minimum(np.arange(width), image.shape[1] - 1)  # replicate padding on the right...
     g_a = StripedSequential.of(model.g_a, height, rows // 16)
-    stripes = []
+    out, done = torch.empty((1, gain.shape[1], height // 16, width // 16), memory_format=torch.channels_last), 0  # as model.analyse
     for start in range(0, height, rows):
         index = np.minimum(np.arange(start, min(height, start + rows)), image.shape[0] - 1)  # ...and the bottom
         x = torch.from_numpy(image[index][:, columns]).permute(2, 0, 1)[None].float() / 255
         for y in g_a.push(x.contiguous(memory_format=torch.channels_last)):
-            stripes.append((y.float() * gain).clamp_(LATENT_MIN, LATENT_MAX))
-    return torch.cat(stripes, dim=2)
+            out[:, :, done : done + y.shape[2]] = (y.float() * gain).clamp_(LATENT_MIN, LATENT_MAX)
+            done += y.shape[2]
+    return out
 
 
 def run(stages: nn.Sequential | StripedSequential, x: Tensor, rows: int) -> Tensor:
