@@ -297,16 +297,18 @@ class BackgroundSynthesis:
             context_coding.decode(..., on_rows=background.feed)
         synthesis.image  # complete
 
-    PyTorch keeps an intra-op thread count per thread: the worker uses ``threads``, the
-    caller ``caller_threads`` inside the block (the entropy path is exact whatever its
-    count) and its own count again after it.  An error in the worker is raised on exit.
+    PyTorch keeps an intra-op thread count per thread: the worker uses ``threads`` while
+    the entropy decoding runs, then the caller's own count for the stripes left when the
+    block ends; the caller uses ``caller_threads`` inside the block (the entropy path is
+    exact whatever its count) and its own count again after it.  An error in the worker
+    is raised on exit.
     """
 
     def __init__(self, synthesis: Synthesis, threads: int, caller_threads: int = 1):
         self.synthesis, self.threads, self.caller_threads = synthesis, threads, caller_threads
         self._restore = 0
         self.sent = 0  # rows of ŷ handed over
-        self._queue: "queue.Queue[Tensor | None]" = queue.Queue()
+        self._queue: "queue.Queue[Tensor | int | None]" = queue.Queue()  # rows, a thread count, the end
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="mixcodec-synthesis", daemon=True)
@@ -316,7 +318,9 @@ class BackgroundSynthesis:
         torch.get_num_threads()  # makes this thread's count its own before the caller sets the default again
         self._ready.set()
         while (rows := self._queue.get()) is not None:
-            if self._error is None:
+            if isinstance(rows, int):  # the entropy decoding is over: all the caller's threads
+                torch.set_num_threads(rows)
+            elif self._error is None:
                 try:
                     self.synthesis.push(rows)
                 except BaseException as exc:  # re-raised in the caller's thread by __exit__
@@ -336,8 +340,10 @@ class BackgroundSynthesis:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        torch.set_num_threads(self._restore)
+        self._queue.put(self._restore)
         self._queue.put(None)
         self._thread.join()
-        torch.set_num_threads(self._restore)
+        torch.set_num_threads(self._restore)  # the worker's call set the default too
         if self._error is not None and exc_info[0] is None:
             raise self._error
