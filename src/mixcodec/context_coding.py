@@ -250,24 +250,23 @@ def decode(
     return y_hat.float()[None]
 
 
-def _z_tables(model: ContextMixtureModel, count_per_channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """The stored integer tables of the factorized prior, one row per element of ``ẑ``."""
-    pmf, offsets = model.prior.coding_tables
-    return np.repeat(pmf, count_per_channel, axis=0), np.repeat(offsets, count_per_channel)
+def _z_rows(model: ContextMixtureModel, count_per_channel: int) -> np.ndarray:
+    """The factorized prior's table row (its channel) of each element of ``ẑ``, in (channel, position) order."""
+    return np.repeat(np.arange(model.config.n), count_per_channel)
 
 
 def encode_z(model: ContextMixtureModel, z_hat: Tensor) -> bytes:
     """Code ``ẑ`` (``(1, n, h, w)``, values ``median + integer``) with the factorized prior's tables."""
     symbols = torch.round(z_hat[0] - model.prior.medians.view(-1, 1, 1)).to(torch.int64)
-    pmf, offsets = _z_tables(model, symbols[0].numel())
+    pmf, offsets = model.prior.coding_tables
     encoder = coding.new_encoder()
-    coding.encode_symbols(encoder, symbols.flatten().numpy(), pmf, offsets)
+    coding.encode_table_symbols(encoder, symbols.flatten().numpy(), pmf, offsets, _z_rows(model, symbols[0].numel()))
     return coding.finish(encoder)
 
 
 def decode_z(model: ContextMixtureModel, stream: bytes, size: tuple[int, int]) -> Tensor:
     """Inverse of :func:`encode_z`: ``ẑ`` ``(1, n, h, w)`` float32."""
-    pmf, offsets = _z_tables(model, size[0] * size[1])
-    values = coding.decode_symbols(coding.new_decoder(stream), pmf, offsets)
+    pmf, offsets = model.prior.coding_tables
+    values = coding.decode_table_symbols(coding.new_decoder(stream), pmf, offsets, _z_rows(model, size[0] * size[1]))
     symbols = torch.from_numpy(values).float().reshape(1, -1, *size)
     return symbols + model.prior.medians.view(1, -1, 1, 1)

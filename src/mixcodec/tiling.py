@@ -56,7 +56,7 @@ from .layers import (
 )
 
 #: Output pixels of one stripe of the transforms (the stripe height is this over the width).
-STRIPE_PIXELS = 1 << 21
+STRIPE_PIXELS = 1 << 20
 #: Stripe heights are multiples of this (the image side of ``z``'s down-sampling).
 ROW_MULTIPLE = 64
 #: Fewest image rows in a stripe, however wide the image.
@@ -167,7 +167,12 @@ class _Stage:
             with torch.no_grad():  # in the memory format the whole-image input has (the kernels may depend on it)
                 out = self.function(window.contiguous(memory_format=_memory_format(rows)))
             first = self.emitted - int(lo * self.scale)
-            yield out[:, :, first : first + stop - self.emitted]
+            count = stop - self.emitted
+            # a copy of the kept rows, so that the margins' rows are freed before the next stage runs
+            piece = out if (first, count) == (0, out.shape[2]) else out[:, :, first : first + count].clone(memory_format=_memory_format(out))
+            del out, window
+            yield piece
+            del piece
             self.emitted = stop
             if stop < self.out_rows:  # drop the rows no later stripe reads
                 keep = self._span(stop, min(self.out_rows, stop + self.chunk))[0]

@@ -78,6 +78,58 @@ def decode_symbols(decoder: RangeDecoder, pmf: np.ndarray, offsets: np.ndarray) 
     return values
 
 
+#: Elements per coder call in :func:`encode_table_symbols` (bounds the per-element tables' memory).
+TABLE_CHUNK = 1 << 16
+
+
+def encode_table_symbols(encoder: RangeEncoder, values: np.ndarray, table: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> None:
+    """:func:`encode_symbols` of ``values`` with ``pmf = table[rows]``, ``offsets[rows]``, the same
+    bits, without building the ``(n, W)`` per-element table: the window symbols go in calls
+    of :data:`TABLE_CHUNK` (a range coder codes a sequence the same in one call or
+    several), the escaped values after all of them, as one call would.
+
+    Args:
+        table: ``(T, W)`` probabilities; offsets: ``(T,)``; rows: ``(n,)`` the table row of each value.
+    """
+    if values.size == 0:
+        return
+    values = values.astype(np.int64)
+    if values.min() < LATENT_MIN or values.max() > LATENT_MAX:
+        raise ValueError("value outside the latent range")
+    width = table.shape[1]
+    index = values - offsets[rows]
+    outside = (index < 0) | (index >= width)
+    symbols = np.where(outside, width, index).astype(np.int32)
+    escaped = _with_escape(table)
+    for start in range(0, values.size, TABLE_CHUNK):
+        part = slice(start, start + TABLE_CHUNK)
+        encoder.encode(symbols[part], _CATEGORICAL, escaped[rows[part]])
+    if outside.any():
+        encoder.encode((values[outside] - LATENT_MIN).astype(np.int32), _UNIFORM)
+
+
+def decode_table_symbols(decoder: RangeDecoder, table: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_table_symbols` (and of :func:`encode_symbols` with ``table[rows]``).
+
+    Raises:
+        FormatError: the stream holds data that no encoder writes under these tables.
+    """
+    width = table.shape[1]
+    escaped = _with_escape(table)
+    try:
+        symbols = np.concatenate(
+            [np.zeros(0, dtype=np.int64)]
+            + [decoder.decode(_CATEGORICAL, escaped[rows[start : start + TABLE_CHUNK]]).astype(np.int64) for start in range(0, rows.size, TABLE_CHUNK)]
+        )
+        values = symbols + offsets[rows]
+        outside = symbols == width
+        if outside.any():
+            values[outside] = decoder.decode(_UNIFORM, int(outside.sum())).astype(np.int64) + LATENT_MIN
+    except AssertionError as exc:  # constriction's answer to words no encoder writes under these tables
+        raise FormatError(f"damaged stream ({exc})") from None
+    return values
+
+
 def new_encoder() -> RangeEncoder:
     """A fresh range encoder."""
     return RangeEncoder()
