@@ -17,18 +17,20 @@ different width may take a different algorithm); the stripe height follows from
 
 Floating point: a stripe and the whole image run the same modules on the same width and
 memory format, but a backend may pick a different kernel (a different order of the sums)
-for a different height.  With the shipped models' widths (128 channels, oneDNN on x86)
-the stripes are bit-identical to the whole image (``benchmarks/large_images.py`` checks
-it); with very narrow layers (the 8-channel test models) they differ by float rounding
-(about 1e-4 after amplification through random weights; exact in the margins' sense:
-float64 agrees to 1e-9, tests/test_tiling.py).  The stripe height is a function of the
+for a different height.  With the shipped model's widths (64 and 128 channels, oneDNN on
+x86) the stripes are bit-identical to the whole image (``benchmarks/large_images.py
+--exactness`` checks it); with very narrow layers (the 8-channel test models) they
+differ by float rounding (about 1e-4 after amplification through random weights; the
+margins are right: float64 agrees to 1e-9, tests/test_tiling.py).  The stripe height is a function of the
 image width only, so a file always decodes to the same pixels on a machine.  Images of
 at most one stripe (:func:`is_striped` false) take the whole-image path of before, so
 their files and pixels are those of before whatever the backend does.
 
-Each stage recomputes ``2 * radius`` rows of its input per stripe: with the default
-stripe height that is a few percent of the work of the full-resolution stages (the
-latent-resolution stages, whose margins are larger in image rows, are cheap).
+Each stage recomputes ``2 * radius`` rows of its input per stripe (3-4 rows at its own
+resolution): with the default stripe height that is 3-12 % of the work of the
+half-resolution stages that dominate (the latent-resolution stages, whose margins are
+larger in image rows, are cheap).  Memory is about 1 KB per stripe pixel in ``g_s``
+(a CRM holds five or six activations of its stripe).
 """
 
 from __future__ import annotations
