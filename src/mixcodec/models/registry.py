@@ -320,7 +320,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 class LoadedModel:
     """A weight file ready to code: the float model (float32, evaluation mode, no
     gradients; shared by every caller, so never modify it) and the exact faces of its
-    latent codecs.  :func:`load` returns one object per file and digest.
+    latent codecs.  :func:`load` returns one object per file state and digest.
 
     Attributes:
         net: the transforms and float entropy model (``g_a``, ``g_s``, the gains, ...).
@@ -339,7 +339,17 @@ def load(info: ModelInfo) -> LoadedModel:
     Raises:
         ConfigError: the file's tensors are not those of its digest (changed after export).
     """
-    return _load_file(info.path, info.sha256, info.config)
+    return _load_file(info.path, info.sha256, info.config, _file_states(info.path))
+
+
+def _file_states(path: Path) -> tuple[tuple[int, int], ...]:
+    """``(modification time, size)`` of a weight file and of the file it shares tensors
+    with: the cache of :func:`load` follows both (a retrained base model is reloaded)."""
+    files = [Path(path)]
+    shares = _metadata(path).get(SHARES_KEY)
+    if shares is not None:
+        files.append(Path(path).parent / json.loads(shares)["file"])
+    return tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else (0, 0) for f in files)
 
 
 def load_model(info: ModelInfo) -> ContextMixtureModel:
@@ -348,7 +358,7 @@ def load_model(info: ModelInfo) -> ContextMixtureModel:
 
 
 @lru_cache(maxsize=8)
-def _load_file(path: Path, sha256: str, config: ModelConfig) -> LoadedModel:
+def _load_file(path: Path, sha256: str, config: ModelConfig, states: tuple) -> LoadedModel:
     model = ContextMixtureModel(config)
     state = read_tensors(path)
     if model_digest(config, state) != sha256:
