@@ -76,15 +76,18 @@ def test_striped_transforms_equal_whole(net):
         torch.testing.assert_close(x_whole, tiling.run(net.g_s, y_hat, ROWS), rtol=0, atol=1e-9)
 
 
-def test_striped_integer_hyper_synthesis_is_exact(tiny_model):
+def test_striped_integer_hyper_synthesis_is_exact(tiny_model, monkeypatch):
     """The entropy path's integer h_s in stripes: the same integers (sums below 2**53 are exact)."""
-    from mixcodec.context_coding import EntropyPath
     from mixcodec.entropy import exact
+    from mixcodec.models.registry import load
 
-    net = load_model(tiny_model())
-    path = EntropyPath(net)
-    z = exact.to_fixed(torch.round(4 * torch.randn(1, net.config.n, 7, 3)))
-    assert torch.equal(path.hyper_synthesis(z), tiling.run(path._hyper_stages, z, 4))
+    hyperprior = load(tiny_model()).hyperprior
+    z_hat = torch.round(4 * torch.randn(1, tiny_model().config.n, 7, 3))
+    whole = hyperprior.hyper(z_hat)
+    monkeypatch.setattr(tiling, "STRIPE_PIXELS", 1)  # stripes of MIN_STRIPE_ROWS image rows: 8 latent rows of 28
+    assert tiling.is_striped(64 * 7, 64 * 3)
+    assert torch.equal(whole, hyperprior.hyper(z_hat))
+    assert torch.equal(whole, hyperprior.hyper_synthesis(exact.to_fixed(z_hat))[0])
 
 
 def test_striped_pixels_within_rounding_of_whole(net):
@@ -142,16 +145,14 @@ def test_rows_are_reported_final_in_order(tiny_model):
     info = tiny_model()
     data = codec.compress(smooth_image(200, 130), model=info)
     _, _, y_hat = codec.decode_latents(data, model=info)
-    header, z_stream, y_stream, net, latent_size = codec._open(data, info)
+    header, y_stream, hyper, loaded, latent_size = codec._open(data, info)
     seen = []
 
     def on_rows(done, latents):
         assert torch.equal(latents[:, :done].float(), y_hat[0, :, :done])
         seen.append(done)
 
-    from mixcodec import context_coding
-
-    context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, on_rows=on_rows)
+    loaded.context.decompress(y_stream, hyper, header.active, header.schedule, on_rows=on_rows)
     assert seen == sorted(set(seen)) and seen[-1] == latent_size[0] and len(seen) == latent_size[0]
 
 

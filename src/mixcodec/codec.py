@@ -12,19 +12,16 @@ ICC profile, EXIF and XMP; see :mod:`mixcodec.metadata`.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import bitstream, context_coding, tiling
+from . import bitstream, tiling
 from . import metadata as photo_metadata
-from .entropy.distributions import LATENT_MAX, LATENT_MIN
 from .errors import FormatError, InputError, ModelNotFoundError
 from .models.context_model import PAD_MULTIPLE, ContextMixtureModel
-from .models.registry import DEFAULT_MODEL, ModelInfo, find_model, find_written, load_model
+from .models.registry import DEFAULT_MODEL, LoadedModel, ModelInfo, find_model, find_written, load
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> tuple[np.ndarray, str]:
@@ -65,23 +62,11 @@ def _pad(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-_ENTROPY_PATHS: "weakref.WeakKeyDictionary[ContextMixtureModel, context_coding.EntropyPath]" = weakref.WeakKeyDictionary()
-
-
-def _entropy_path(net: ContextMixtureModel) -> context_coding.EntropyPath:
-    """The integer entropy-parameter path of a loaded model (built once; the same for all its qualities)."""
-    if net not in _ENTROPY_PATHS:
-        _ENTROPY_PATHS[net] = context_coding.EntropyPath(net)
-    return _ENTROPY_PATHS[net]
-
-
 def _quantize(model: ContextMixtureModel, y: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ŷ, ẑ)`` from the clipped latent ``y`` ``(1, m, h, w)``; ``h_a`` in stripes of ``rows`` image rows if given."""
     with torch.no_grad():
         z = model.h_a(y) if rows is None else tiling.run(model.h_a, y, rows // PAD_MULTIPLE)
-        medians = model.prior.medians.view(1, -1, 1, 1)
-        z_hat = torch.round(z - medians).clamp(LATENT_MIN, LATENT_MAX) + medians
-        return torch.round(y), z_hat
+        return torch.round(y), model.prior.quantize(z, noise=False)
 
 
 def quantize_latents(model: ContextMixtureModel, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,8 +130,8 @@ def compress(
     Raises:
         InputError: the image or its metadata is not accepted.
     """
-    if schedule not in context_coding.SCHEDULES:
-        raise InputError(f"unknown schedule {schedule!r}; choose one of {', '.join(context_coding.SCHEDULES)}")
+    if schedule not in bitstream.SCHEDULES:
+        raise InputError(f"unknown schedule {schedule!r}; choose one of {', '.join(bitstream.SCHEDULES)}")
     info = model if isinstance(model, ModelInfo) else find_model(model, quality)
     if isinstance(image, Image.Image):
         image = photo_metadata.upright(image)
@@ -157,9 +142,10 @@ def compress(
         bitstream.check_metadata(metadata, mode)
     except ValueError as exc:
         raise InputError(f"{exc} (compress --strip drops the metadata)") from None
-    net = load_model(info)
-    y_hat, z_hat = image_latents(net, array, info.quality)
-    z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule, _entropy_path(net))
+    loaded = load(info)
+    y_hat, z_hat = image_latents(loaded.net, array, info.quality)
+    z_stream = loaded.hyperprior.compress(z_hat)
+    y_stream, active = loaded.context.compress(y_hat, loaded.hyperprior.hyper(z_hat), schedule)
     header = bitstream.Header(
         model=info.name, quality=info.quality, digest=info.digest, height=array.shape[0], width=array.shape[1],
         mode=mode, schedule=schedule, active=active, channels=info.config.m, metadata=metadata,
@@ -167,8 +153,9 @@ def compress(
     return bitstream.pack(header, z_stream, y_stream)
 
 
-def _open(data: bytes, model: ModelInfo | None) -> tuple[bitstream.Header, bytes, bytes, ContextMixtureModel, tuple[int, int]]:
-    """Parse a file and load its model: ``(header, z_stream, y_stream, model, latent size (H/16, W/16))``."""
+def _open(data: bytes, model: ModelInfo | None) -> tuple[bitstream.Header, bytes, bytes, LoadedModel, tuple[int, int]]:
+    """Parse a file, load its model and decode its ``ẑ`` into hyper features:
+    ``(header, y_stream, hyper features, loaded model, latent size (H/16, W/16))``."""
     header, z_stream, y_stream = bitstream.parse(data)
     info = model or find_written(header.model, header.digest)
     if not info.holds(header.digest):
@@ -177,15 +164,16 @@ def _open(data: bytes, model: ModelInfo | None) -> tuple[bitstream.Header, bytes
         raise FormatError(f"the file codes {header.channels} latent channels, its model {info.label} has {info.config.m}")
     if not 1 <= header.quality <= info.config.qualities:
         raise FormatError(f"quality {header.quality:g} is outside the 1..{info.config.qualities} of {info.name}")
+    loaded = load(info)
     padded = (header.height + (-header.height % PAD_MULTIPLE), header.width + (-header.width % PAD_MULTIPLE))
-    return header, z_stream, y_stream, load_model(info), (padded[0] // 16, padded[1] // 16)
+    z_hat = loaded.hyperprior.decompress(z_stream, (padded[0] // PAD_MULTIPLE, padded[1] // PAD_MULTIPLE))
+    return header, y_stream, loaded.hyperprior.hyper(z_hat), loaded, (padded[0] // 16, padded[1] // 16)
 
 
 def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstream.Header, ContextMixtureModel, torch.Tensor]:
     """Parse a file and decode its ``ŷ``: ``(header, model, ŷ (1, m, H/16, W/16))``."""
-    header, z_stream, y_stream, net, latent_size = _open(data, model)
-    y_hat = context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, _entropy_path(net))
-    return header, net, y_hat
+    header, y_stream, hyper, loaded, _ = _open(data, model)
+    return header, loaded.net, loaded.context.decompress(y_stream, hyper, header.active, header.schedule)
 
 
 def decode_pixels(data: bytes, model: ModelInfo | None = None, rows: int | None = None) -> tuple[bitstream.Header, np.ndarray]:
@@ -194,18 +182,19 @@ def decode_pixels(data: bytes, model: ModelInfo | None = None, rows: int | None 
     An image more than one stripe of ``rows`` image rows high (default
     :func:`tiling.stripe_rows`) is synthesized in stripes, and, with two or more torch
     threads, beside the entropy decoding: a worker thread synthesizes the rows of ``ŷ``
-    the decoder has finished (the worker takes all threads but one, the entropy path
-    one).  The pixels are :func:`reconstruct` of the decoded ``ŷ`` either way.
+    the decoder has finished (:class:`tiling.BackgroundSynthesis`: the entropy path gets
+    one thread, the worker the others).  The pixels are :func:`reconstruct` of the
+    decoded ``ŷ`` either way.
     """
-    header, z_stream, y_stream, net, latent_size = _open(data, model)
+    header, y_stream, hyper, loaded, latent_size = _open(data, model)
     rows = rows or tiling.stripe_rows(16 * latent_size[1])
     threads = torch.get_num_threads()
     if not tiling.is_striped(16 * latent_size[0], 16 * latent_size[1], rows) or threads < 2:
-        y_hat = context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, _entropy_path(net))
-        return header, reconstruct(net, y_hat, header.quality, header.height, header.width, rows)
-    synthesis = tiling.Synthesis(net, header.quality, latent_size, header.height, header.width, rows)
+        y_hat = loaded.context.decompress(y_stream, hyper, header.active, header.schedule)
+        return header, reconstruct(loaded.net, y_hat, header.quality, header.height, header.width, rows)
+    synthesis = tiling.Synthesis(loaded.net, header.quality, latent_size, header.height, header.width, rows)
     with tiling.BackgroundSynthesis(synthesis, threads=threads - 1, caller_threads=1) as background:
-        context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, _entropy_path(net), background.feed)
+        loaded.context.decompress(y_stream, hyper, header.active, header.schedule, on_rows=background.feed)
     return header, synthesis.image
 
 
