@@ -15,7 +15,7 @@ from mixcodec import bitstream, codec, tiling
 from mixcodec.errors import InputError
 from mixcodec.models.registry import load_model
 
-#: a stripe of 64 image rows: a 200-row image is 4 stripes, 24 latent rows of margin are more than a stripe
+#: stripes of 64 image rows (4 latent rows, about one stage margin): a 200-row image is 4 stripes
 ROWS = 64
 
 

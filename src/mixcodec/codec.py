@@ -195,6 +195,7 @@ def decode_pixels(data: bytes, model: ModelInfo | None = None, rows: int | None 
     synthesis = tiling.Synthesis(loaded.net, header.quality, latent_size, header.height, header.width, rows)
     with tiling.BackgroundSynthesis(synthesis, threads=threads - 1, caller_threads=1) as background:
         loaded.context.decompress(y_stream, hyper, header.active, header.schedule, on_rows=background.feed)
+        del hyper  # not needed by the stripes the worker has left
     return header, synthesis.image
 
 
