@@ -154,14 +154,15 @@ class IntegerHyperprior:
         return torch.from_numpy(values).float().reshape(1, -1, *size) + self.medians.view(1, -1, 1, 1)
 
     def hyper(self, z_hat: Tensor) -> Tensor:
-        """Hyper features ``(2m, 4h, 4w)`` (integers, units ``2**-ACT_BITS``) from ``ẑ`` ``(1, n, h, w)``;
+        """Hyper features ``(2m, 4h, 4w)`` from ``ẑ`` ``(1, n, h, w)``: integers in units of
+        ``2**-ACT_BITS``, held in float32 (exact: they are within ``±ACT_LIMIT < 2**24``);
         in stripes (:mod:`.tiling`; the same integers) for images over one stripe."""
         height, width = 64 * z_hat.shape[2], 64 * z_hat.shape[3]
         if not tiling.is_striped(height, width):
-            return self.hyper_synthesis(exact.to_fixed(z_hat))[0]
+            return self.hyper_synthesis(exact.to_fixed(z_hat))[0].float()
         stages = [(op, tiling.footprint(layer)) for op, layer in zip(self.hyper_synthesis.ops, self.hyper_synthesis.sources)]
         with torch.no_grad():
-            return tiling.run(stages, exact.to_fixed(z_hat), tiling.stripe_rows(width) // 16)[0]
+            return tiling.run(stages, exact.to_fixed(z_hat), tiling.stripe_rows(width) // 16, dtype=torch.float32)[0]
 
 
 class IntegerContextCodec:
@@ -214,9 +215,9 @@ class IntegerContextCodec:
         return layer
 
     def padded(self, height: int, width: int) -> Tensor:
-        """Zero latents ``(m, H + reach, W + 2 reach)`` float64 with room for the taps; latent
-        ``(h, w)`` lives at ``[:, h + reach, w + reach]``."""
-        return torch.zeros(self.channels, height + self.reach, width + 2 * self.reach, dtype=torch.float64)
+        """Zero latents ``(m, H + reach, W + 2 reach)`` float32 (the latent range is exact in it)
+        with room for the taps; latent ``(h, w)`` lives at ``[:, h + reach, w + reach]``."""
+        return torch.zeros(self.channels, height + self.reach, width + 2 * self.reach, dtype=torch.float32)
 
     def params(self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray, active: np.ndarray) -> exact.IntegerMixture:
         """Mixture parameters ``(F, K, len(rows) * len(active))`` of the channels ``active`` at the
@@ -230,7 +231,7 @@ class IntegerContextCodec:
         c = torch.from_numpy(cols + self.reach)[:, None] + self._tap_cols
         windows = y_padded[:, r, c].permute(1, 0, 2).reshape(len(rows), -1)  # (positions, m * taps)
         context = self.context.linear(exact.to_fixed(windows))
-        x = torch.cat([hyper[:, torch.from_numpy(rows), torch.from_numpy(cols)].T, context], dim=1)
+        x = torch.cat([hyper[:, torch.from_numpy(rows), torch.from_numpy(cols)].T.double(), context], dim=1)
         for op in self.hidden:
             x = op(x)
         return exact.integer_params(self.spec, self.output_layer(active).linear(x))
@@ -263,7 +264,7 @@ class IntegerContextCodec:
         """
         height, width = hyper.shape[1], hyper.shape[2]
         y_padded = self.padded(height, width)
-        y_padded[:, self.reach :, self.reach : self.reach + width].copy_(y_int)  # no float64 temporary
+        y_padded[:, self.reach :, self.reach : self.reach + width].copy_(y_int)  # no temporary
         active_t = torch.from_numpy(active)
         with torch.no_grad():
             for chunk in _step_chunks(self.steps(schedule, height, width), ENCODER_CHUNK_POSITIONS):
@@ -286,7 +287,7 @@ class IntegerContextCodec:
         ``on_rows`` is called (if given) each time more rows are final, last with all ``H``.
 
         Returns:
-            The latents ``(m, H, W)`` (float64).
+            The latents ``(m, H, W)`` (float32).
         """
         height, width = hyper.shape[1], hyper.shape[2]
         y_padded = self.padded(height, width)
@@ -303,7 +304,7 @@ class IntegerContextCodec:
                 values = np.zeros(len(rows) * len(active), dtype=np.int64)
                 for index, pmf, offsets in _pmf_groups(self.spec, mixture):
                     values[index] = coding.decode_symbols(decoder, pmf, offsets)
-                grid = torch.from_numpy(values).double().reshape(len(rows), len(active))
+                grid = torch.from_numpy(values).float().reshape(len(rows), len(active))
                 y_padded[active_t[None, :], torch.from_numpy(rows + self.reach)[:, None], torch.from_numpy(cols + self.reach)[:, None]] = grid
                 if on_rows is not None and done < height and last_step[done] <= step:
                     done = int(np.searchsorted(last_step, step, side="right"))

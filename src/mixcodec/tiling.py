@@ -252,16 +252,17 @@ def analyse(model: nn.Module, image: np.ndarray, quality: float, padded: tuple[i
     return out
 
 
-def run(stages: nn.Sequential | StripedSequential, x: Tensor, rows: int) -> Tensor:
+def run(stages: nn.Sequential | StripedSequential, x: Tensor, rows: int, dtype: torch.dtype | None = None) -> Tensor:
     """``stages(x)`` for ``x`` ``(1, C, H, W)``, computed in stripes of ``rows`` output rows;
-    ``stages``: an ``nn.Sequential`` or the ``stages`` argument of :class:`StripedSequential`."""
+    ``stages``: an ``nn.Sequential`` or the ``stages`` argument of :class:`StripedSequential`;
+    ``dtype``: of the result (default that of the stripes), each stripe converted as it comes."""
     striped = StripedSequential.of(stages, x.shape[2], rows) if isinstance(stages, nn.Sequential) else StripedSequential(stages, x.shape[2], rows)
     step = max(1, math.ceil(rows * x.shape[2] / striped.out_rows))
     result, done = None, 0
     for start in range(0, x.shape[2], step):
         for out in striped.push(x[:, :, start : start + step]):
             if result is None:  # filled in place: no second copy of the output
-                result = out.new_empty((out.shape[0], out.shape[1], striped.out_rows, out.shape[3]))
+                result = out.new_empty((out.shape[0], out.shape[1], striped.out_rows, out.shape[3]), dtype=dtype or out.dtype)
             result[:, :, done : done + out.shape[2]] = out
             done += out.shape[2]
     return result
@@ -336,7 +337,7 @@ class BackgroundSynthesis:
     def feed(self, done: int, latents: Tensor) -> None:
         """Rows ``[0, done)`` of ``latents`` ``(m, H, W)`` are final: hand the new ones over (copied)."""
         if done > self.sent:
-            self._queue.put(latents[:, self.sent : done].float()[None])
+            self._queue.put(latents[:, self.sent : done].to(torch.float32, copy=True)[None])
             self.sent = done
 
     def __enter__(self) -> "BackgroundSynthesis":
