@@ -29,10 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 
-def mosaic(folder: Path, megapixels: float) -> "np.ndarray":
+
+def mosaic(folder: Path, megapixels: float) -> np.ndarray:
     """A 4:3 ``HxWx3`` uint8 mosaic of about ``megapixels`` of the photos in ``folder``."""
-    import numpy as np
     from PIL import Image
 
     from mixcodec.data import list_images
@@ -69,7 +70,6 @@ def _child(args: list[str]) -> dict:
 
 
 def worker(kind: str, model: str, threads: int, png: str, mxc: str) -> dict:
-    import numpy as np
     import torch
     from PIL import Image
 
@@ -104,7 +104,6 @@ def worker(kind: str, model: str, threads: int, png: str, mxc: str) -> dict:
 
 def exactness(model: str, threads: int, png: str) -> dict:
     """Whole-image versus striped transforms on one image (float max abs diff, differing pixels)."""
-    import numpy as np
     import torch
     from PIL import Image
 

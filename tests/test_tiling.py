@@ -9,8 +9,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-
 from conftest import smooth_image
+
 from mixcodec import bitstream, codec, tiling
 from mixcodec.errors import InputError
 from mixcodec.models.registry import load_model
@@ -95,7 +95,7 @@ def test_striped_pixels_within_rounding_of_whole(net):
     but for float rounding (the tiny models' narrow layers): at most one step, rarely."""
     image = smooth_image(200, 150)
     padded = codec._pad(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255)
-    (y_whole, z_whole), (y_striped, z_striped) = codec.quantize_latents(net, padded, 1), codec.image_latents(net, image, 1, ROWS)
+    (y_whole, _), (y_striped, _) = codec.quantize_latents(net, padded, 1), codec.image_latents(net, image, 1, ROWS)
     assert (y_whole != y_striped).float().mean() < 1e-3 and (y_whole - y_striped).abs().max() <= 1
     whole = codec.reconstruct(net, y_whole, 1, 200, 150, rows=10**6).astype(int)
     striped = codec.reconstruct(net, y_whole, 1, 200, 150, rows=ROWS).astype(int)
@@ -160,9 +160,8 @@ def test_synthesis_errors_reach_the_caller(tiny_model):
     info = tiny_model()
     net = load_model(info)
     synthesis = tiling.Synthesis(net, 1, (8, 4), 128, 64, ROWS)
-    with pytest.raises(RuntimeError):
-        with tiling.BackgroundSynthesis(synthesis, threads=1) as background:
-            background.feed(8, torch.zeros(net.config.m + 1, 8, 4))  # wrong channel count
+    with pytest.raises(RuntimeError), tiling.BackgroundSynthesis(synthesis, threads=1) as background:
+        background.feed(8, torch.zeros(net.config.m + 1, 8, 4))  # wrong channel count
 
 
 def test_size_limit_is_over_100_megapixels():

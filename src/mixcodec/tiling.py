@@ -252,7 +252,9 @@ def analyse(model: nn.Module, image: np.ndarray, quality: float, padded: tuple[i
     return out
 
 
-def run(stages: nn.Sequential | StripedSequential, x: Tensor, rows: int, dtype: torch.dtype | None = None) -> Tensor:
+def run(
+    stages: nn.Sequential | Sequence[tuple[Callable[[Tensor], Tensor], Footprint]], x: Tensor, rows: int, dtype: torch.dtype | None = None
+) -> Tensor:
     """``stages(x)`` for ``x`` ``(1, C, H, W)``, computed in stripes of ``rows`` output rows;
     ``stages``: an ``nn.Sequential`` or the ``stages`` argument of :class:`StripedSequential`;
     ``dtype``: of the result (default that of the stripes), each stripe converted as it comes."""
@@ -295,14 +297,13 @@ class Synthesis:
             self.done += x.shape[2]
 
 
-
 class BackgroundSynthesis:
     """A :class:`Synthesis` run in a worker thread, fed rows of ``ŷ`` as the entropy decoder
     finishes them (:meth:`feed`, a :data:`~.context_coding.RowsDone`), so that the two
     run side by side.  Use as a context manager around the entropy decoding::
 
         with BackgroundSynthesis(synthesis, threads=1) as background:
-            context_coding.decode(..., on_rows=background.feed)
+            loaded.context.decompress(..., on_rows=background.feed)
         synthesis.image  # complete
 
     PyTorch keeps an intra-op thread count per thread: the worker uses ``threads`` while
