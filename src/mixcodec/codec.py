@@ -13,15 +13,15 @@ ICC profile, EXIF and XMP; see :mod:`mixcodec.metadata`.
 from __future__ import annotations
 
 import weakref
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import bitstream, context_coding
+from . import bitstream, context_coding, refine
 from . import metadata as photo_metadata
-from .entropy.distributions import LATENT_MAX, LATENT_MIN
 from .errors import FormatError, InputError, ModelNotFoundError
 from .models.context_model import PAD_MULTIPLE, ContextMixtureModel
 from .models.registry import DEFAULT_MODEL, ModelInfo, find_model, find_written, load_model
@@ -77,12 +77,7 @@ def _entropy_path(net: ContextMixtureModel) -> context_coding.EntropyPath:
 
 def quantize_latents(model: ContextMixtureModel, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ŷ, ẑ)`` of a padded image ``(1, 3, H, W)`` in ``[0, 1]`` at ``quality``: the values a file stores."""
-    with torch.no_grad():
-        y = model.analyse(x.contiguous(memory_format=torch.channels_last), quality)
-        z = model.h_a(y)
-        medians = model.prior.medians.view(1, -1, 1, 1)
-        z_hat = torch.round(z - medians).clamp(LATENT_MIN, LATENT_MAX) + medians
-        return torch.round(y), z_hat
+    return refine.hard_round(model, *refine.encoder_latents(model, x, quality))
 
 
 def reconstruct(model: ContextMixtureModel, y_hat: torch.Tensor, quality: float, height: int, width: int) -> np.ndarray:
@@ -98,6 +93,8 @@ def compress(
     quality: float | None = None,
     schedule: str = "wavefront",
     metadata: bitstream.Metadata | None = None,
+    effort: int = 0,
+    progress: Callable[[], None] | None = None,
 ) -> bytes:
     """Compress an image into the bytes of a ``.mxc`` file.
 
@@ -114,13 +111,22 @@ def compress(
             :class:`~mixcodec.bitstream.Metadata` is stored as given (``Metadata()``:
             none, as ``compress --strip``).  A file without metadata is the same
             (format version 2) as before metadata existed.
+        effort: encoder effort level, 0 to ``len(refine.EFFORT_ITERATIONS) - 1``: 0 codes
+            the analysis transform's latents; higher levels refine them for this image by
+            stochastic Gumbel annealing (:mod:`mixcodec.refine`; seconds to minutes).
+            The file is an ordinary one, decoded as any other.
+        progress: called after each refinement iteration (``effort > 0``).
 
     Raises:
-        InputError: the image or its metadata is not accepted.
+        InputError: the image or its metadata is not accepted, or ``effort`` is not a level
+            (or is above 0 for a model that records no λ).
     """
+    iterations = refine.effort_iterations(effort)
     if schedule not in context_coding.SCHEDULES:
         raise InputError(f"unknown schedule {schedule!r}; choose one of {', '.join(context_coding.SCHEDULES)}")
     info = model if isinstance(model, ModelInfo) else find_model(model, quality)
+    if iterations and not info.lmbda > 0:
+        raise InputError(f"{info.label} records no λ for quality {info.quality:g}, which effort {effort} needs")
     if isinstance(image, Image.Image):
         image = photo_metadata.upright(image)
     array, mode = to_rgb_array(image)
@@ -132,7 +138,12 @@ def compress(
         raise InputError(f"{exc} (compress --strip drops the metadata)") from None
     net = load_model(info)
     x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
-    y_hat, z_hat = quantize_latents(net, _pad(x), info.quality)
+    if iterations:
+        annealing = refine.Annealing(iterations)
+        refined = refine.refine(net, _pad(x), info.quality, info.lmbda, info.metric, annealing, array.shape[:2], progress)
+        y_hat, z_hat = refined.y_hat, refined.z_hat
+    else:
+        y_hat, z_hat = quantize_latents(net, _pad(x), info.quality)
     z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule, _entropy_path(net))
     header = bitstream.Header(
         model=info.name, quality=info.quality, digest=info.digest, height=array.shape[0], width=array.shape[1],

@@ -198,16 +198,22 @@ class ContextMixtureModel(nn.Module):
         y = self.analyse(x, quality)
         z = self.h_a(y).float()
         z_hat = self.prior.quantize(z, noise=noise)
-        z_likelihood = self.prior.likelihood(z_hat)
-        hyper = self.h_s(z_hat)
         y_rated = y if rate_gradient is None else torch.lerp(y.detach(), y, rate_gradient.view(1, -1, 1, 1))
         y_coded = y_rated + torch.empty_like(y).uniform_(-0.5, 0.5) if noise else torch.round(y)
-        raw = self.entropy_parameters(torch.cat([hyper, self.context(y_coded)], dim=1))
-        with torch.autocast(x.device.type, enabled=False):
-            params = split_params(self.spec, raw.float())
-            y_likelihood = mixture_likelihood(self.spec, y_coded, params)
+        y_likelihood, z_likelihood = self.likelihoods(y_coded, z_hat)
         x_hat = self.synthesize(ste_round(y) if noise else torch.round(y), quality).float()
         return {"x_hat": x_hat, "y": y_likelihood, "z": z_likelihood}
+
+    def likelihoods(self, y_coded: Tensor, z_hat: Tensor) -> tuple[Tensor, Tensor]:
+        """Likelihoods of ``y_coded`` ``(B, m, h, w)`` (noisy, relaxed or rounded latents) given
+        ``z_hat`` ``(B, n, h/4, w/4)``, and of ``z_hat``: the context and the entropy
+        parameters are evaluated on all positions at once (in parallel, as in training)."""
+        hyper = self.h_s(z_hat)
+        raw = self.entropy_parameters(torch.cat([hyper, self.context(y_coded)], dim=1))
+        with torch.autocast(y_coded.device.type, enabled=False):
+            params = split_params(self.spec, raw.float())
+            y_likelihood = mixture_likelihood(self.spec, y_coded, params)
+        return y_likelihood, self.prior.likelihood(z_hat)
 
     def latent_groups(self) -> dict[str, tuple[int, int]]:
         """Tensors that hold several groups of ``m`` latent channels along one dimension:
