@@ -7,7 +7,8 @@ continuous latent ``y`` is optimized (Adam), with ``ẑ`` that of the encoder, o
 ``u = z - medians`` (:attr:`Annealing.refine_z`; measured not to pay, docs/effort.md).  Each step rounds
 them softly by SGA: for ``r = v - floor(v)`` the two candidates ``floor(v)`` and
 ``floor(v) + 1`` get the logits ``-atanh(r)/τ`` and ``-atanh(1 - r)/τ``, Gumbel noise is
-added and a softmax at temperature ``τ`` weighs the two (a relaxed one-hot sample); ``τ``
+added and a softmax weighs the two (a relaxed one-hot sample; ``τ`` enters once, through
+the logits: dividing them by ``τ`` again measured worse, docs/effort.md); ``τ``
 stays at ``tau_max`` for the first ``hold`` of the iterations, then decays as
 ``tau_max·exp(-decay·(t - t0)/T)``, so the relaxed latents approach hard rounding.
 
@@ -77,7 +78,7 @@ class Annealing:
     """
 
     iterations: int
-    lr: float = 0.02
+    lr: float = 0.04
     tau_max: float = 0.5
     hold: float = 0.35
     decay: float = 7.0
@@ -98,14 +99,15 @@ class Annealing:
 
 def sga_round(v: Tensor, tau: float, generator: torch.Generator) -> Tensor:
     """Relaxed rounding of ``v`` (any shape): ``floor(v) + w``, where ``w`` in ``(0, 1)`` is the
-    ceiling's weight in a Gumbel-softmax sample of the two-class SGA distribution at ``tau``.
+    ceiling's weight in a Gumbel-softmax sample (temperature 1) of the two-class SGA
+    distribution, whose logits are divided by ``tau``.
     Differentiable in ``v``; draws ``2 · v.numel()`` uniforms from ``generator``."""
     floor = torch.floor(v.detach())
     r = (v - floor).clamp(1e-6, 1 - 1e-6)
     logits = torch.stack([-torch.atanh(r), -torch.atanh(1 - r)]) / tau
     uniform = torch.rand(logits.shape, generator=generator, dtype=v.dtype).clamp(1e-10, 1 - 1e-10)
     gumbel = -torch.log(-torch.log(uniform))
-    weights = torch.softmax((logits + gumbel) / tau, dim=0)
+    weights = torch.softmax(logits + gumbel, dim=0)
     return floor + weights[1]
 
 
