@@ -11,7 +11,7 @@ and read back on the next run, so an interrupted sweep resumes and a finished on
 prints its table (codec names ``gllmm`` and ``gllmm:eE``, as ``mixcodec eval`` writes them:
 its ``--reuse`` takes these rows).  BD-rate is computed from the per-quality means over the
 images; ``s/iter`` is the extra encode time over effort 0 per refinement iteration.
-``--crop WxH`` codes the top-left crop of each image (written next to the rows).  Prints a
+``--crop WxH`` codes the top-left crop of each image (written to a temporary folder).  Prints a
 table and writes JSON with the machine and versions.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def main() -> None:
     infos = [i for i in family if float(i.quality) in qualities]
     efforts = sorted({0, *(int(e) for e in args.efforts.split(","))})
     codecs = {e: ev.learned_codec(infos, e) for e in efforts}
-    images = _images(args.dataset, args.images, args.crop, args.rows.parent / "effort-crops")
+    images = _images(args.dataset, args.images, args.crop, Path(tempfile.gettempdir()) / "mixcodec-effort-crops")
 
     rows = ev.read_rows(args.rows) if args.rows.exists() else []
     for path in images:
@@ -103,7 +104,7 @@ def main() -> None:
         print(f"{t['codec']:<8}{t['iterations']:>6}{t['files']:>7}{t['bd_rate_psnr']:>11.2f}{t['bd_rate_ms_ssim_db']:>14.2f}{t['encode_s']:>11.1f}{per_iteration:>8}   {per_quality}")
     args.output.write_text(json.dumps({"environment": environment, "images": sorted(names), "crop": args.crop, "model": args.model,
                                        "qualities": qualities, "table": table, "curves": curves}, indent=1))
-    print(f"wrote {args.rows}, {args.output}")
+    print(f"rows in {args.rows}; wrote {args.output}")
 
 
 if __name__ == "__main__":

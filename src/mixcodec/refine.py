@@ -22,9 +22,10 @@ model's estimate) than effort 0.  The result is ``ŷ`` and ``ẑ`` as ``quantize
 gives them: integers, and ``ẑ`` on the medians grid, so the exact coding path writes an
 ordinary file and the decoder does not change.
 
-Deterministic: a seeded generator draws the noise in a fixed order.  Floating-point sums
-in the convolutions may depend on the number of threads, so the bytes are only promised
-for one thread count (docs/effort.md).
+Deterministic: a seeded generator draws the noise in a fixed order, so the same input gives
+the same bytes in any process with the same number of threads on the same machine.
+Floating-point sums in the convolutions depend on the thread count: the shipped model
+writes different (equally valid) refined files with 1 and 2 threads (docs/effort.md).
 """
 
 from __future__ import annotations
