@@ -217,11 +217,10 @@ def refine(
         u = u0.clone().requires_grad_(annealing.refine_z)
         optimizer = torch.optim.Adam([y, u] if annealing.refine_z else [y], lr=annealing.lr)
         generator = torch.Generator().manual_seed(annealing.seed)
-        fixed_z = best[1]
         for step in range(annealing.iterations):
             tau = annealing.temperature(step)
             y_tilde = sga_round(y, tau, generator)
-            z_tilde = sga_round(u, tau, generator) + medians if annealing.refine_z else fixed_z
+            z_tilde = sga_round(u, tau, generator) + medians if annealing.refine_z else best[1]
             optimizer.zero_grad(set_to_none=True)
             objective(y_tilde, z_tilde).backward()
             optimizer.step()
@@ -229,9 +228,7 @@ def refine(
                 y.clamp_(LATENT_MIN, LATENT_MAX)
                 u.clamp_(LATENT_MIN, LATENT_MAX)
             if annealing.is_check(step):
-                candidate = hard_round(model, y, u)
-                if not annealing.refine_z:
-                    candidate = (candidate[0], fixed_z)
+                candidate = hard_round(model, y, u)  # u moves only with refine_z
                 loss = objective.hard(*candidate)
                 if loss < best_loss:
                     best, best_loss = candidate, loss
