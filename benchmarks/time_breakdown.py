@@ -17,7 +17,7 @@ import pstats
 import time
 from pathlib import Path
 
-#: stage -> (module file suffix, function name) whose cumulative time it is
+#: stage -> (module file suffix, function or ``Class.method`` name) whose cumulative time it is
 _ENTROPY_STAGES = {
     "entropy parameters": ("context_coding.py", "params"),
     "PMF tables": ("context_coding.py", "_pmf_groups"),
@@ -25,24 +25,37 @@ _ENTROPY_STAGES = {
 STAGES = {
     "encode": {
         "analysis": ("codec.py", "quantize_latents"),
-        "hyper (z coding + integer h_s)": [("context_coding.py", "encode_z"), ("context_coding.py", "hyper")],
+        "hyper (z coding + integer h_s)": [("context_coding.py", "IntegerHyperprior.compress"), ("context_coding.py", "IntegerHyperprior.hyper")],
         **_ENTROPY_STAGES,
         "range coder": ("coding.py", "encode_symbols"),
     },
     "decode": {
         "synthesis": ("codec.py", "reconstruct"),
-        "hyper (z coding + integer h_s)": [("context_coding.py", "decode_z"), ("context_coding.py", "hyper")],
+        "hyper (z coding + integer h_s)": [("context_coding.py", "IntegerHyperprior.decompress"), ("context_coding.py", "IntegerHyperprior.hyper")],
         **_ENTROPY_STAGES,
         "range coder": ("coding.py", "decode_symbols"),
     },
 }
 
 
+def _first_line(file: str, name: str) -> int | None:
+    """First line of ``Class.method`` in the mixcodec module ``file`` (``None`` for a plain name:
+    every function of that name in the file matches)."""
+    if "." not in name:
+        return None
+    import importlib
+
+    owner, method = name.split(".")
+    module = importlib.import_module("mixcodec." + file.removesuffix(".py").replace("/", "."))
+    return getattr(getattr(module, owner), method).__code__.co_firstlineno
+
+
 def cumulative(stats: pstats.Stats, targets) -> float:
     targets = targets if isinstance(targets, list) else [targets]
+    resolved = [(f, n.rpartition(".")[2], _first_line(f, n)) for f, n in targets]
     total = 0.0
-    for (filename, _, name), (_, _, _, cum, _) in stats.stats.items():
-        if any(filename.endswith(f) and name == n for f, n in targets):
+    for (filename, line, name), (_, _, _, cum, _) in stats.stats.items():
+        if any(filename.endswith(f) and name == n and line in (first, line if first is None else first) for f, n, first in resolved):
             total += cum
     return total
 

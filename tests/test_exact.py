@@ -150,13 +150,13 @@ def test_compiled_center_and_spread_are_bit_identical_to_tensor_arithmetic():
 
 
 def test_parameters_of_some_channels_are_those_channels_of_all(tiny_model):
-    from mixcodec.context_coding import EntropyPath
+    from mixcodec.models.registry import load
 
-    model = load_model(tiny_model(m=12))
-    path = EntropyPath(model)
+    loaded = load(tiny_model(m=12))
+    model, path = loaded.net, loaded.context
     g = torch.Generator().manual_seed(3)
     y_padded = torch.randint(-6, 7, (12, 4 + 2, 8 + 4), generator=g).double()
-    hyper = path.hyper(torch.randint(-3, 4, (1, model.config.n, 1, 2), generator=g).float())
+    hyper = loaded.hyperprior.hyper(torch.randint(-3, 4, (1, model.config.n, 1, 2), generator=g).float())
     rows, cols = np.array([0, 1, 3]), np.array([2, 7, 0])
     everything = path.params(y_padded, hyper, rows, cols, np.arange(12))
     some = np.array([0, 5, 11])

@@ -13,7 +13,7 @@ from PIL import Image
 import mixcodec
 from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
 from mixcodec.models.registry import read_infos
-from mixcodec.refit import REFIT_MODULES, cached_latents, code_length_bits, refit
+from mixcodec.refit import REFIT_MODULES, cached_latents, refit
 from mixcodec.train import TrainConfig, to_toml
 
 
@@ -31,10 +31,10 @@ def test_refit_lowers_the_code_length_and_touches_only_the_entropy_model(tmp_pat
     y_hats, hypers = cached_latents(model, _images(tmp_path / "data"), crops=6, crop=64)
     assert y_hats.shape == (6, 8, 4, 4) and hypers.shape == (6, 16, 4, 4) and y_hats.abs().sum() > 0
     with torch.no_grad():
-        start = code_length_bits(model, y_hats, hypers).item()
+        start = model.y_codec.code_length(y_hats, hypers).item()
     trace = refit(model, y_hats, hypers, steps=30, batch=4, lr=1e-3)
     with torch.no_grad():
-        end = code_length_bits(model, y_hats, hypers).item()
+        end = model.y_codec.code_length(y_hats, hypers).item()
     assert len(trace) == 10 and end < 0.9 * start
     for key, value in model.state_dict().items():
         changed = not torch.equal(value, before[key])

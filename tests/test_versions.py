@@ -21,7 +21,8 @@ from mixcodec import ConfigError, ModelNotFoundError, bitstream, codec
 from mixcodec.models import releases
 from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
 from mixcodec.models.registry import (
-    DIGEST_KEY, LEGACY_KEY, VERSION_KEY, export, find_model, find_written, identity_config, installed_models, model_folders, read_infos,
+    DIGEST_KEY, LEGACY_KEY, VERSION_KEY, export, find_model, find_written, identity_config, installed_models, load_model, model_folders,
+    read_infos,
     rewrite_metadata,
 )
 
@@ -71,7 +72,7 @@ def test_changed_tensors_under_a_stored_digest_are_refused(tmp_path):
     tensors[key] = tensors[key] + 1
     path.write_bytes(save(tensors, meta))
     with pytest.raises(ConfigError, match="other tensors than its digest"):
-        codec.load_model(read_infos(path)[0])
+        load_model(read_infos(path)[0])
 
 
 def test_files_written_before_020_decode_by_their_whole_file_digest(tmp_path, monkeypatch):
@@ -109,7 +110,7 @@ def test_versions_side_by_side(two_versions):
     image = smooth_image(30, 40)
     files = {v: codec.compress(image, model=f"tiny@{v}") for v in (1, 2)}
     for version, data in files.items():  # decompression picks the exact weights each file names
-        assert codec.decode_latents(data)[1] is codec.load_model(find_model(f"tiny@{version}"))
+        assert codec.decode_latents(data)[1] is load_model(find_model(f"tiny@{version}"))
         assert find_written("tiny", bitstream.parse(data)[0].digest).version == version
 
 

@@ -51,9 +51,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .context_coding import SCHEDULES
 from .errors import FormatError, InputError
-from .models.context_model import QUALITY_RESOLUTION
 
 MAGIC = b"MXC\x89"
 #: Version of files with a metadata section.
@@ -67,7 +65,10 @@ MAX_SIDE = 1 << 15
 #: Largest image (pixels) the codec accepts; bounds memory use of the transforms.
 MAX_PIXELS = 1 << 24
 MODES = ("RGB", "L")
-SCHEDULE_IDS = SCHEDULES  # stored as the index into this tuple
+#: Context decoding orders (:mod:`.context_coding`), stored as the index into this tuple.
+SCHEDULES = ("wavefront", "raster")
+#: Qualities are stored in units of ``1 / QUALITY_RESOLUTION``.
+QUALITY_RESOLUTION = 256
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def pack(header: Header, z_stream: bytes, y_stream: bytes) -> bytes:
             name,
             struct.pack(">H", round(header.quality * QUALITY_RESOLUTION)),
             header.digest,
-            struct.pack(">IIBBH", header.height, header.width, MODES.index(header.mode), SCHEDULE_IDS.index(header.schedule), header.channels),
+            struct.pack(">IIBBH", header.height, header.width, MODES.index(header.mode), SCHEDULES.index(header.schedule), header.channels),
             np.packbits(flags, bitorder="little").tobytes(),
             struct.pack(">II", len(z_stream), len(y_stream)),
             z_stream,
@@ -248,7 +249,7 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
         check_size(height, width)
     except InputError as exc:
         raise FormatError(str(exc)) from exc
-    if mode >= len(MODES) or schedule >= len(SCHEDULE_IDS) or channels == 0:
+    if mode >= len(MODES) or schedule >= len(SCHEDULES) or channels == 0:
         raise FormatError("bad header fields")
     flags = np.unpackbits(np.frombuffer(reader.take((channels + 7) // 8), dtype=np.uint8), bitorder="little")
     z_len, y_len = reader.unpack(">II")
@@ -257,6 +258,6 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
     if reader.pos != len(reader.data):
         raise FormatError("trailing bytes after the streams")
     header = Header(
-        name, quality / QUALITY_RESOLUTION, digest, height, width, MODES[mode], SCHEDULE_IDS[schedule], np.flatnonzero(flags[:channels]), channels, metadata
+        name, quality / QUALITY_RESOLUTION, digest, height, width, MODES[mode], SCHEDULES[schedule], np.flatnonzero(flags[:channels]), channels, metadata
     )
     return header, z_stream, y_stream

@@ -12,7 +12,6 @@ ICC profile, EXIF and XMP; see :mod:`mixcodec.metadata`.
 
 from __future__ import annotations
 
-import weakref
 from typing import Callable
 
 import numpy as np
@@ -20,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import bitstream, context_coding, refine
+from . import bitstream, refine
 from . import metadata as photo_metadata
 from .errors import FormatError, InputError, ModelNotFoundError
 from .models.context_model import PAD_MULTIPLE, ContextMixtureModel
-from .models.registry import DEFAULT_MODEL, ModelInfo, find_model, find_written, load_model
+from .models.registry import DEFAULT_MODEL, ModelInfo, find_model, find_written, load
 
 
 def to_rgb_array(image: Image.Image | np.ndarray) -> tuple[np.ndarray, str]:
@@ -63,16 +62,6 @@ def _pad(x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (0, step_w, 0, step_h), mode="replicate")
         ph, pw = ph - step_h, pw - step_w
     return x
-
-
-_ENTROPY_PATHS: "weakref.WeakKeyDictionary[ContextMixtureModel, context_coding.EntropyPath]" = weakref.WeakKeyDictionary()
-
-
-def _entropy_path(net: ContextMixtureModel) -> context_coding.EntropyPath:
-    """The integer entropy-parameter path of a loaded model (built once; the same for all its qualities)."""
-    if net not in _ENTROPY_PATHS:
-        _ENTROPY_PATHS[net] = context_coding.EntropyPath(net)
-    return _ENTROPY_PATHS[net]
 
 
 def quantize_latents(model: ContextMixtureModel, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,8 +111,8 @@ def compress(
             (or is above 0 for a model that records no λ).
     """
     iterations = refine.effort_iterations(effort)
-    if schedule not in context_coding.SCHEDULES:
-        raise InputError(f"unknown schedule {schedule!r}; choose one of {', '.join(context_coding.SCHEDULES)}")
+    if schedule not in bitstream.SCHEDULES:
+        raise InputError(f"unknown schedule {schedule!r}; choose one of {', '.join(bitstream.SCHEDULES)}")
     info = model if isinstance(model, ModelInfo) else find_model(model, quality)
     if iterations and not info.lmbda > 0:
         raise InputError(f"{info.label} records no λ for quality {info.quality:g}, which effort {effort} needs")
@@ -136,15 +125,16 @@ def compress(
         bitstream.check_metadata(metadata, mode)
     except ValueError as exc:
         raise InputError(f"{exc} (compress --strip drops the metadata)") from None
-    net = load_model(info)
+    loaded = load(info)
     x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
     if iterations:
         annealing = refine.Annealing(iterations)
-        refined = refine.refine(net, _pad(x), info.quality, info.lmbda, info.metric, annealing, array.shape[:2], progress)
+        refined = refine.refine(loaded.net, _pad(x), info.quality, info.lmbda, info.metric, annealing, array.shape[:2], progress)
         y_hat, z_hat = refined.y_hat, refined.z_hat
     else:
-        y_hat, z_hat = quantize_latents(net, _pad(x), info.quality)
-    z_stream, y_stream, active = context_coding.encode(net, y_hat, z_hat, schedule, _entropy_path(net))
+        y_hat, z_hat = quantize_latents(loaded.net, _pad(x), info.quality)
+    z_stream = loaded.hyperprior.compress(z_hat)
+    y_stream, active = loaded.context.compress(y_hat, loaded.hyperprior.hyper(z_hat), schedule)
     header = bitstream.Header(
         model=info.name, quality=info.quality, digest=info.digest, height=array.shape[0], width=array.shape[1],
         mode=mode, schedule=schedule, active=active, channels=info.config.m, metadata=metadata,
@@ -162,11 +152,11 @@ def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstre
         raise FormatError(f"the file codes {header.channels} latent channels, its model {info.label} has {info.config.m}")
     if not 1 <= header.quality <= info.config.qualities:
         raise FormatError(f"quality {header.quality:g} is outside the 1..{info.config.qualities} of {info.name}")
-    net = load_model(info)
+    loaded = load(info)
     padded = (header.height + (-header.height % PAD_MULTIPLE), header.width + (-header.width % PAD_MULTIPLE))
-    latent_size = (padded[0] // 16, padded[1] // 16)
-    y_hat = context_coding.decode(net, z_stream, y_stream, header.active, latent_size, header.schedule, _entropy_path(net))
-    return header, net, y_hat
+    z_hat = loaded.hyperprior.decompress(z_stream, (padded[0] // PAD_MULTIPLE, padded[1] // PAD_MULTIPLE))
+    y_hat = loaded.context.decompress(y_stream, loaded.hyperprior.hyper(z_hat), header.active, header.schedule)
+    return header, loaded.net, y_hat
 
 
 def decompress(data: bytes, model: ModelInfo | None = None) -> Image.Image:

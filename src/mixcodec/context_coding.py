@@ -1,75 +1,190 @@
-"""Coding the latents ``ŷ`` and ``ẑ`` of a :class:`ContextMixtureModel` into range-coded streams.
+"""The exact face of the latent codecs: coding ``ŷ`` and ``ẑ`` into range-coded streams.
 
-Decoding order (the *schedule*):
+Two objects, each the immutable integer twin (:mod:`.entropy.exact`) of float modules
+of a :class:`~.models.context_model.ContextMixtureModel`, built by strict conversion
+(a layer without an exact twin is refused, so a file can never be coded by a network
+that differs from the trained one):
 
-* ``wavefront`` (default): with a 5x5 type-A mask, position ``(h, w)`` depends on
-  rows ``h-2, h-1`` (columns ``w-2..w+2``) and on ``(h, w-2), (h, w-1)``.  All
-  positions with the same ``t = 3h + w`` are therefore independent and are coded
-  together: ``3H + W - 3`` steps instead of ``H * W``.
+* :class:`IntegerHyperprior` codes ``ẑ`` with the factorized prior's integer tables
+  and turns ``ẑ`` into hyper features through the integer twin of ``h_s``;
+* :class:`IntegerContextCodec` codes ``ŷ`` given those features, with the causal
+  taps of the model's masked context convolution and its entropy-parameter network.
+
+Decoding order of ``ŷ`` (the *schedule*), derived from the context mask:
+
+* ``wavefront`` (default): position ``(h, w)`` depends on the taps ``(h + dy, w + dx)``
+  of the mask.  With ``s`` the smallest integer such that ``s·dy + dx < 0`` for every
+  tap (:func:`wavefront_slope`; 3 for the 5x5 type-A mask), all positions with the
+  same ``t = s·h + w`` are independent and are coded together: ``s(H - 1) + W`` steps
+  instead of ``H * W``.
 * ``raster``: one position per step (for comparison only; same model, same bits
   up to the coder's rounding).
 
-Every step computes the entropy parameters from 5x5 windows of the latents decoded
-so far (only the 12 causal taps), the hyper features at the same positions, and the
-entropy-parameter network, all in exact integer arithmetic (:mod:`.entropy.exact`),
-so encoder and decoder build bit-identical PMF tables on any machine and thread
-count.  Channels of ``ŷ`` that are zero everywhere are flagged and skipped.
+Every step computes the entropy parameters from the windows of the latents decoded
+so far (only the causal taps), the hyper features at the same positions, and the
+entropy-parameter network, all in exact integer arithmetic, so encoder and decoder
+build bit-identical PMF tables on any machine and thread count.  Channels of ``ŷ``
+that are zero everywhere are flagged and skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .bitstream import SCHEDULES
 from .entropy import coding, exact
-from .models.context_model import CONTEXT_KERNEL, ContextMixtureModel
+from .entropy.distributions import MixtureSpec
+from .entropy.factorized import FactorizedPrior
+from .layers import MaskedConv2d
+from .models.context_model import ContextLatentCodec
 
-SCHEDULES = ("wavefront", "raster")
 #: Half-widths of the PMF windows; each element uses the smallest that covers its spread.
 WINDOW_HALF_WIDTHS = (4, 8, 16, 32, 64, 128, 256)
 _HALF_WIDTHS = np.array(WINDOW_HALF_WIDTHS)
 
-_K = CONTEXT_KERNEL // 2
-#: (dy, dx) of the causal taps of the 5x5 type-A mask, in raster order.
-CAUSAL_TAPS = [(dy, dx) for dy in range(-_K, 1) for dx in range(-_K, _K + 1) if dy < 0 or dx < 0]
+
+def causal_taps(mask: Tensor) -> list[tuple[int, int]]:
+    """``(dy, dx)`` of the nonzero taps of a ``(k, k)`` context mask, in raster order.
+
+    Raises:
+        ValueError: the mask sees the current position or a later one in raster order.
+    """
+    k = mask.shape[-1] // 2
+    taps = [(int(r) - k, int(c) - k) for r, c in torch.nonzero(mask)]
+    if any(dy > 0 or (dy == 0 and dx >= 0) for dy, dx in taps):
+        raise ValueError("the context mask is not causal in raster order")
+    return taps
 
 
-def schedule_steps(schedule: str, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Positions ``(rows, cols)`` coded at each step, in coding order."""
+def wavefront_slope(taps: list[tuple[int, int]]) -> int:
+    """The smallest ``s >= 1`` with ``s·dy + dx < 0`` for every tap: then ``t = s·h + w``
+    of each tap is smaller than that of the position it predicts."""
+    return max([1] + [dx // -dy + 1 for dy, dx in taps if dy < 0])
+
+
+def schedule_steps(schedule: str, height: int, width: int, slope: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Positions ``(rows, cols)`` coded at each step, in coding order (``slope``: :func:`wavefront_slope`)."""
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     rows, cols = rows.ravel(), cols.ravel()
     if schedule == "raster":
         return [(rows[i : i + 1], cols[i : i + 1]) for i in range(rows.size)]
     if schedule != "wavefront":
-        raise ValueError(f"unknown schedule {schedule!r}")
-    t = 3 * rows + cols
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    t = slope * rows + cols
     order = np.argsort(t, kind="stable")
     bounds = np.flatnonzero(np.diff(t[order])) + 1
     return [(rows[idx], cols[idx]) for idx in np.split(order, bounds)]
 
 
-class EntropyPath:
-    """Integer twin (:mod:`.entropy.exact`) of the parts of a model that produce entropy
-    parameters: hyper-synthesis, the causal taps of the context convolution and the
-    entropy-parameter network.  Results are exact, hence identical on every machine.
+def _pointwise(module: nn.Module) -> exact.IntegerAffine:
+    """The integer twin of a 1x1, stride-1 convolution as an affine map of positions."""
+    if not isinstance(module, nn.Conv2d) or module.kernel_size != (1, 1) or module.stride != (1, 1) or module.groups != 1:
+        raise TypeError(f"no pointwise integer twin for {module}")
+    return exact.IntegerAffine.from_weight(module.weight[:, :, 0, 0].T, module.bias)
 
-    Args:
-        model: the trained model (its weights are copied, not shared).
+
+def _pointwise_network(network: nn.Sequential) -> tuple[list, exact.IntegerAffine]:
+    """``(hidden ops, output layer)`` of an ``nn.Sequential`` of 1x1 convolutions and
+    LeakyReLU(0.01) ending in a convolution; anything else is refused."""
+    *hidden, last = list(network)
+    ops = []
+    for module in hidden:
+        if isinstance(module, nn.LeakyReLU):
+            if module.negative_slope != 0.01:
+                raise ValueError("only LeakyReLU(0.01) has an integer twin")
+            ops.append(exact.leaky_relu)
+        else:
+            ops.append(_pointwise(module).linear)
+    return ops, _pointwise(last)
+
+
+@dataclass(frozen=True)
+class IntegerHyperprior:
+    """The exact face of the hyperprior: ``ẑ`` coded with integer tables of the factorized
+    prior, and the integer twin of ``h_s``.
+
+    Attributes:
+        pmf: ``(n, W)`` float64, probability (a multiple of ``2**-32``) of symbol
+            ``offsets[c] + j`` of channel ``c`` in column ``j``.
+        offsets: ``(n,)`` int64.
+        medians: ``(n,)`` float32; ``ẑ = median + symbol``.
+        hyper_synthesis: integer twin of ``h_s``.
     """
 
-    def __init__(self, model: ContextMixtureModel):
-        self.spec = model.spec
-        self.channels = model.config.m
-        weight = model.context.weight.detach()  # (2m, m, 5, 5)
-        taps = torch.stack([weight[:, :, _K + dy, _K + dx] for dy, dx in CAUSAL_TAPS], dim=-1)
-        self.context = exact.IntegerAffine.from_weight(taps.reshape(2 * self.channels, -1).T, model.context.bias)
-        convs = [m for m in model.entropy_parameters if isinstance(m, torch.nn.Conv2d)]
-        self.layers = [exact.IntegerAffine.from_weight(c.weight[:, :, 0, 0].T, c.bias) for c in convs]
-        self.hyper_synthesis = exact.IntegerSequential(model.h_s)
-        self._output: tuple[bytes, exact.IntegerAffine] = (np.arange(self.channels).tobytes(), self.layers[-1])
+    pmf: np.ndarray
+    offsets: np.ndarray
+    medians: Tensor
+    hyper_synthesis: exact.IntegerSequential
+
+    @classmethod
+    def from_tables(cls, prior: FactorizedPrior, hyper_synthesis: nn.Module, z_pmf: Tensor, z_offsets: Tensor) -> "IntegerHyperprior":
+        """From the integer tables a weight file stores (:meth:`FactorizedPrior.integer_tables`)."""
+        return cls(z_pmf.numpy().astype(np.float64) * 2.0**-32, z_offsets.numpy(), prior.medians.clone(), exact.IntegerSequential(hyper_synthesis))
+
+    @classmethod
+    def from_modules(cls, prior: FactorizedPrior, hyper_synthesis: nn.Module) -> "IntegerHyperprior":
+        """Tables computed from the prior's current parameters (what :mod:`.models.registry` exports)."""
+        tables = prior.integer_tables()
+        return cls.from_tables(prior, hyper_synthesis, tables["z_pmf"], tables["z_offsets"])
+
+    def _tables(self, count_per_channel: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.repeat(self.pmf, count_per_channel, axis=0), np.repeat(self.offsets, count_per_channel)
+
+    def compress(self, z_hat: Tensor) -> bytes:
+        """Code ``ẑ`` (``(1, n, h, w)``, values ``median + integer``)."""
+        symbols = torch.round(z_hat[0] - self.medians.view(-1, 1, 1)).to(torch.int64)
+        pmf, offsets = self._tables(symbols[0].numel())
+        encoder = coding.new_encoder()
+        coding.encode_symbols(encoder, symbols.flatten().numpy(), pmf, offsets)
+        return coding.finish(encoder)
+
+    def decompress(self, stream: bytes, size: tuple[int, int]) -> Tensor:
+        """Inverse of :meth:`compress`: ``ẑ`` ``(1, n, h, w)`` float32 of spatial ``size``."""
+        pmf, offsets = self._tables(size[0] * size[1])
+        values = coding.decode_symbols(coding.new_decoder(stream), pmf, offsets)
+        return torch.from_numpy(values).float().reshape(1, -1, *size) + self.medians.view(1, -1, 1, 1)
+
+    def hyper(self, z_hat: Tensor) -> Tensor:
+        """Hyper features ``(2m, 4h, 4w)`` (integers, units ``2**-ACT_BITS``) from ``ẑ`` ``(1, n, h, w)``."""
+        return self.hyper_synthesis(exact.to_fixed(z_hat))[0]
+
+
+class IntegerContextCodec:
+    """The exact face of a :class:`~.models.context_model.ContextLatentCodec`: the causal
+    taps of its masked convolution and its entropy-parameter network in integer
+    arithmetic, and the schedule its mask allows.  Immutable after construction except
+    for a cache of the output layer restricted to the last set of active channels.
+
+    Args:
+        codec: the float face (its weights are copied, not shared).
+    """
+
+    def __init__(self, codec: ContextLatentCodec):
+        context = codec.context
+        if not isinstance(context, MaskedConv2d) or context.stride != (1, 1) or context.groups != 1:
+            raise TypeError(f"no integer twin for the context module {context}")
+        self.spec: MixtureSpec = codec.spec
+        self.channels: int = context.in_channels
+        self.taps = causal_taps(context.mask[0, 0])
+        self.slope = wavefront_slope(self.taps)
+        self.reach = context.kernel_size[0] // 2
+        weight = context.weight.detach()  # (2m, m, k, k)
+        k = self.reach
+        taps = torch.stack([weight[:, :, k + dy, k + dx] for dy, dx in self.taps], dim=-1)
+        self.context = exact.IntegerAffine.from_weight(taps.reshape(context.out_channels, -1).T, context.bias)
+        self.hidden, self.output = _pointwise_network(codec.entropy_parameters)
+        self._output: tuple[bytes, exact.IntegerAffine] = (np.arange(self.channels).tobytes(), self.output)
+        self._tap_rows = torch.tensor([dy for dy, _ in self.taps])[None]
+        self._tap_cols = torch.tensor([dx for _, dx in self.taps])[None]
+
+    def steps(self, schedule: str, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The positions of each step of ``schedule`` on a ``height x width`` latent grid."""
+        return schedule_steps(schedule, height, width, self.slope)
 
     def output_layer(self, active: np.ndarray) -> exact.IntegerAffine:
         """The last layer of the entropy-parameter network with only the outputs of the
@@ -82,37 +197,99 @@ class EntropyPath:
         key = active.tobytes()
         cached_key, layer = self._output
         if cached_key != key:
-            full = self.layers[-1]
             blocks = np.arange(self.spec.params_per_channel)[:, None] * self.channels
             columns = torch.from_numpy((blocks + active[None]).ravel())
-            layer = dataclasses.replace(full, weight=full.weight[:, columns].contiguous(), bias=full.bias[columns])
+            layer = dataclasses.replace(self.output, weight=self.output.weight[:, columns].contiguous(), bias=self.output.bias[columns])
             self._output = (key, layer)
         return layer
 
-    def hyper(self, z_hat: Tensor) -> Tensor:
-        """Hyper features ``(2m, 4h, 4w)`` (integers, units ``2**-ACT_BITS``) from ``ẑ`` ``(1, n, h, w)``."""
-        return self.hyper_synthesis(exact.to_fixed(z_hat))[0]
+    def padded(self, height: int, width: int) -> Tensor:
+        """Zero latents ``(m, H + reach, W + 2 reach)`` float64 with room for the taps; latent
+        ``(h, w)`` lives at ``[:, h + reach, w + reach]``."""
+        return torch.zeros(self.channels, height + self.reach, width + 2 * self.reach, dtype=torch.float64)
 
     def params(self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray, active: np.ndarray) -> exact.IntegerMixture:
         """Mixture parameters ``(F, K, len(rows) * len(active))`` of the channels ``active`` at the
         given latent positions, elements in (position, channel) order.
 
         Args:
-            y_padded: decoded latents so far, ``(m, H + 2, W + 4)`` float64, with
-                latent ``(h, w)`` at ``[:, h + 2, w + 2]`` and zeros elsewhere.
-            hyper: output of :meth:`hyper`.
+            y_padded: decoded latents so far (:meth:`padded`).
+            hyper: :meth:`IntegerHyperprior.hyper` of ``ẑ``.
         """
-        r = torch.from_numpy(rows + _K)[:, None] + torch.tensor([dy for dy, _ in CAUSAL_TAPS])[None]
-        c = torch.from_numpy(cols + _K)[:, None] + torch.tensor([dx for _, dx in CAUSAL_TAPS])[None]
+        r = torch.from_numpy(rows + self.reach)[:, None] + self._tap_rows
+        c = torch.from_numpy(cols + self.reach)[:, None] + self._tap_cols
         windows = y_padded[:, r, c].permute(1, 0, 2).reshape(len(rows), -1)  # (positions, m * taps)
         context = self.context.linear(exact.to_fixed(windows))
         x = torch.cat([hyper[:, torch.from_numpy(rows), torch.from_numpy(cols)].T, context], dim=1)
-        for layer in self.layers[:-1]:
-            x = exact.leaky_relu(layer.linear(x))
+        for op in self.hidden:
+            x = op(x)
         return exact.integer_params(self.spec, self.output_layer(active).linear(x))
 
+    def compress(self, y_hat: Tensor, hyper: Tensor, schedule: str = "wavefront") -> tuple[bytes, np.ndarray]:
+        """Range-code ``ŷ`` (``(1, m, H, W)`` integers) given the hyper features of its ``ẑ``.
 
-def _pmf_groups(spec, mixture: exact.IntegerMixture) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        Returns:
+            ``(stream, active channels)``.
+        """
+        y_int = y_hat[0].to(torch.int64)
+        active = np.flatnonzero(y_int.abs().flatten(1).amax(1).numpy() != 0)
+        encoder = coding.new_encoder()
+        self._encode(hyper, y_int, active, schedule, encoder)
+        return coding.finish(encoder), active
+
+    def decompress(self, stream: bytes, hyper: Tensor, active: np.ndarray, schedule: str = "wavefront") -> Tensor:
+        """Inverse of :meth:`compress`: ``ŷ`` ``(1, m, H, W)`` float32, the latent size that of ``hyper``."""
+        return self._decode(hyper, active, schedule, coding.new_decoder(stream)).float()[None]
+
+    def _encode(self, hyper: Tensor, y_int: Tensor, active: np.ndarray, schedule: str, encoder) -> None:
+        """Write every active element of ``ŷ`` (``(m, H, W)`` int64) in the decoder's order.
+
+        The encoder knows all of ``ŷ``, so it evaluates the entropy parameters and PMFs of
+        many steps in one batch (the integer path gives every position the same result
+        whatever the batch); only the order of the coder calls follows the schedule: per
+        step, per window width (as :meth:`_decode` reads them).
+        """
+        height, width = hyper.shape[1], hyper.shape[2]
+        y_padded = self.padded(height, width)
+        y_padded[:, self.reach :, self.reach : self.reach + width] = y_int.double()
+        active_t = torch.from_numpy(active)
+        with torch.no_grad():
+            for chunk in _step_chunks(self.steps(schedule, height, width), ENCODER_CHUNK_POSITIONS):
+                rows, cols = np.concatenate([r for r, _ in chunk]), np.concatenate([c for _, c in chunk])
+                mixture = self.params(y_padded, hyper, rows, cols, active)
+                values = y_int[active_t[None, :], torch.from_numpy(rows)[:, None], torch.from_numpy(cols)[:, None]].reshape(-1).numpy()
+                groups = _pmf_groups(self.spec, mixture)
+                # each step's elements are a contiguous range (elements are in step order)
+                bounds = np.cumsum([0] + [len(r) * len(active) for r, _ in chunk])
+                cuts = [np.searchsorted(index, bounds) for index, _, _ in groups]
+                for s in range(len(chunk)):
+                    for (index, pmf, offsets), cut in zip(groups, cuts):
+                        a, b = cut[s], cut[s + 1]
+                        if b > a:
+                            coding.encode_symbols(encoder, values[index[a:b]], pmf[a:b], offsets[a:b])
+
+    def _decode(self, hyper: Tensor, active: np.ndarray, schedule: str, decoder) -> Tensor:
+        """Walk the schedule and read every active element of ``ŷ``: one batch per step (the
+        positions of a step only depend on earlier steps), one coder call per window width.
+
+        Returns:
+            The latents ``(m, H, W)`` (float64).
+        """
+        height, width = hyper.shape[1], hyper.shape[2]
+        y_padded = self.padded(height, width)
+        active_t = torch.from_numpy(active)
+        with torch.no_grad():
+            for rows, cols in self.steps(schedule, height, width):
+                mixture = self.params(y_padded, hyper, rows, cols, active)
+                values = np.zeros(len(rows) * len(active), dtype=np.int64)
+                for index, pmf, offsets in _pmf_groups(self.spec, mixture):
+                    values[index] = coding.decode_symbols(decoder, pmf, offsets)
+                grid = torch.from_numpy(values).double().reshape(len(rows), len(active))
+                y_padded[active_t[None, :], torch.from_numpy(rows + self.reach)[:, None], torch.from_numpy(cols + self.reach)[:, None]] = grid
+        return y_padded[:, self.reach :, self.reach : self.reach + width]
+
+
+def _pmf_groups(spec: MixtureSpec, mixture: exact.IntegerMixture) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """PMF windows of the elements of ``mixture`` (parameters ``(F, K, m)``), grouped by width.
 
     Each element gets the smallest half-width of :data:`WINDOW_HALF_WIDTHS` covering its
@@ -146,105 +323,3 @@ def _step_chunks(steps: list, max_positions: int) -> list[list]:
 
 #: Positions whose entropy parameters the encoder evaluates in one batch (bounds memory).
 ENCODER_CHUNK_POSITIONS = 4096
-
-
-def _encode_latents(path: EntropyPath, hyper: Tensor, y_int: Tensor, active: np.ndarray, schedule: str, encoder) -> None:
-    """Write every active element of ``ŷ`` (``(m, H, W)`` int64) in the decoder's order.
-
-    The encoder knows all of ``ŷ``, so it evaluates the entropy parameters and PMFs of
-    many steps in one batch (the integer path gives every position the same result
-    whatever the batch); only the order of the coder calls follows the schedule: per
-    step, per window width (as :func:`_decode_latents` reads them).
-    """
-    height, width = hyper.shape[1], hyper.shape[2]
-    y_padded = torch.zeros(path.channels, height + _K, width + 2 * _K, dtype=torch.float64)
-    y_padded[:, _K:, _K : _K + width] = y_int.double()
-    active_t = torch.from_numpy(active)
-    with torch.no_grad():
-        for chunk in _step_chunks(schedule_steps(schedule, height, width), ENCODER_CHUNK_POSITIONS):
-            rows, cols = np.concatenate([r for r, _ in chunk]), np.concatenate([c for _, c in chunk])
-            mixture = path.params(y_padded, hyper, rows, cols, active)
-            values = y_int[active_t[None, :], torch.from_numpy(rows)[:, None], torch.from_numpy(cols)[:, None]].reshape(-1).numpy()
-            groups = _pmf_groups(path.spec, mixture)
-            # each step's elements are a contiguous range (elements are in step order)
-            bounds = np.cumsum([0] + [len(r) * len(active) for r, _ in chunk])
-            cuts = [np.searchsorted(index, bounds) for index, _, _ in groups]
-            for s in range(len(chunk)):
-                for (index, pmf, offsets), cut in zip(groups, cuts):
-                    a, b = cut[s], cut[s + 1]
-                    if b > a:
-                        coding.encode_symbols(encoder, values[index[a:b]], pmf[a:b], offsets[a:b])
-
-
-def _decode_latents(path: EntropyPath, hyper: Tensor, active: np.ndarray, schedule: str, decoder) -> Tensor:
-    """Walk the schedule and read every active element of ``ŷ``: one batch per step (the
-    positions of a step only depend on earlier steps), one coder call per window width.
-
-    Returns:
-        The latents ``(m, H, W)`` (float64).
-    """
-    height, width = hyper.shape[1], hyper.shape[2]
-    y_padded = torch.zeros(path.channels, height + _K, width + 2 * _K, dtype=torch.float64)
-    active_t = torch.from_numpy(active)
-    with torch.no_grad():
-        for rows, cols in schedule_steps(schedule, height, width):
-            mixture = path.params(y_padded, hyper, rows, cols, active)
-            values = np.zeros(len(rows) * len(active), dtype=np.int64)
-            for index, pmf, offsets in _pmf_groups(path.spec, mixture):
-                values[index] = coding.decode_symbols(decoder, pmf, offsets)
-            grid = torch.from_numpy(values).double().reshape(len(rows), len(active))
-            y_padded[active_t[None, :], torch.from_numpy(rows + _K)[:, None], torch.from_numpy(cols + _K)[:, None]] = grid
-    return y_padded[:, _K:, _K : _K + width]
-
-
-def encode(
-    model: ContextMixtureModel, y_hat: Tensor, z_hat: Tensor, schedule: str = "wavefront", path: EntropyPath | None = None
-) -> tuple[bytes, bytes, np.ndarray]:
-    """Range-code ``ŷ`` (``(1, m, H, W)`` integers) and ``ẑ`` (``(1, n, H/4, W/4)``, on the medians grid).
-
-    ``path``: the model's :class:`EntropyPath`, when the caller keeps one (building it takes ~0.1 s).
-
-    Returns:
-        ``(z_stream, y_stream, active_channels)``.
-    """
-    z_stream = encode_z(model, z_hat)
-    y_int = y_hat[0].to(torch.int64)
-    active = np.flatnonzero(y_int.abs().flatten(1).amax(1).numpy() != 0)
-    path = path or EntropyPath(model)
-    encoder = coding.new_encoder()
-    _encode_latents(path, path.hyper(z_hat), y_int, active, schedule, encoder)
-    return z_stream, coding.finish(encoder), active
-
-
-def decode(
-    model: ContextMixtureModel, z_stream: bytes, y_stream: bytes, active: np.ndarray, latent_size: tuple[int, int], schedule: str = "wavefront",
-    path: EntropyPath | None = None,
-) -> Tensor:
-    """Inverse of :func:`encode`: ``ŷ`` ``(1, m, H, W)`` float32 for latent size ``(H, W)``."""
-    z_hat = decode_z(model, z_stream, (latent_size[0] // 4, latent_size[1] // 4))
-    path = path or EntropyPath(model)
-    y_hat = _decode_latents(path, path.hyper(z_hat), active, schedule, coding.new_decoder(y_stream))
-    return y_hat.float()[None]
-
-
-def _z_tables(model: ContextMixtureModel, count_per_channel: int) -> tuple[np.ndarray, np.ndarray]:
-    """The stored integer tables of the factorized prior, one row per element of ``ẑ``."""
-    pmf, offsets = model.prior.coding_tables
-    return np.repeat(pmf, count_per_channel, axis=0), np.repeat(offsets, count_per_channel)
-
-
-def encode_z(model: ContextMixtureModel, z_hat: Tensor) -> bytes:
-    """Code ``ẑ`` (``(1, n, h, w)``, values ``median + integer``) with the factorized prior's tables."""
-    symbols = torch.round(z_hat[0] - model.prior.medians.view(-1, 1, 1)).to(torch.int64)
-    pmf, offsets = _z_tables(model, symbols[0].numel())
-    encoder = coding.new_encoder()
-    coding.encode_symbols(encoder, symbols.flatten().numpy(), pmf, offsets)
-    return coding.finish(encoder)
-
-
-def decode_z(model: ContextMixtureModel, stream: bytes, size: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`encode_z`: ``ẑ`` ``(1, n, h, w)`` float32."""
-    pmf, offsets = _z_tables(model, size[0] * size[1])
-    values = coding.decode_symbols(coding.new_decoder(stream), pmf, offsets)
-    symbols = torch.from_numpy(values).float().reshape(1, -1, *size)
-    return symbols + model.prior.medians.view(1, -1, 1, 1)

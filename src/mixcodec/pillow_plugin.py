@@ -27,7 +27,7 @@ from typing import IO
 
 from PIL import Image, ImageFile
 
-from . import bitstream, codec
+from . import bitstream
 from . import metadata as photo_metadata
 
 FORMAT = "MXC"
@@ -49,6 +49,8 @@ class MxcImageFile(ImageFile.ImageFile):
 
     def load(self):
         if self.tile:
+            from . import codec  # the models load on first use, not when Pillow registers the format
+
             pixels = codec.decompress(self._data).tobytes()
             if self.fp and self._exclusive_fp:
                 self.fp.close()
@@ -67,6 +69,8 @@ def _accept(prefix: bytes) -> bool:
 
 
 def _save(im: Image.Image, fp: IO[bytes], filename: str | bytes) -> None:
+    from . import codec
+
     options = im.encoderinfo
     keywords = [name for name in inspect.signature(codec.compress).parameters if name not in ("image", "metadata")]
     upright = photo_metadata.upright(im)

@@ -3,8 +3,8 @@
 The analysis transform gives an amortized guess of ``y``; for the one image being coded,
 ``ŷ`` and ``ẑ`` can do better on its own ``λ·D + R`` (Yang, Bamler and Mandt, NeurIPS 2020,
 "Improving Inference for Neural Image Compression").  Every weight stays frozen; only the
-continuous latent ``y`` is optimized (Adam), with ``ẑ`` that of the encoder, or also
-``u = z - medians`` (:attr:`Annealing.refine_z`; measured not to pay, docs/effort.md).  Each step rounds
+continuous latent ``y`` is optimized (Adam), with ``ẑ`` that of the encoder, or also ``z``
+(:attr:`Annealing.refine_z`, rounded around the prior's medians; measured not to pay, docs/effort.md).  Each step rounds
 them softly by SGA: for ``r = v - floor(v)`` the two candidates ``floor(v)`` and
 ``floor(v) + 1`` get the logits ``-atanh(r)/τ`` and ``-atanh(1 - r)/τ``, Gumbel noise is
 added and a softmax weighs the two (a relaxed one-hot sample; ``τ`` enters once, through
@@ -14,7 +14,7 @@ stays at ``tau_max`` for the first ``hold`` of the iterations, then decays as
 
 The loss is the training objective of the model's metric (:func:`~.losses.rate_distortion_loss`)
 at the quality's λ, on the image without its padding, with the rate of the model's own
-likelihoods (:meth:`~.models.context_model.ContextMixtureModel.likelihoods`).  At a few
+likelihoods (of ``ContextLatentCodec.likelihood`` and the factorized prior, as in training).  At a few
 checkpoints and at the end the latents are hard-rounded and that loss is measured; the
 lowest seen wins, starting with today's encoder's latents
 (:func:`~.codec.quantize_latents`), so a refined file never has a larger ``λ·D + R`` (by the
@@ -143,16 +143,21 @@ class Objective:
         """The loss (scalar, differentiable) of ``y`` ``(1, m, H/16, W/16)`` and ``z`` ``(1, n, H/64, W/64)``
         (relaxed or rounded; ``z`` on the model's grid, i.e. with the medians added)."""
         height, width = self.size
-        y_likelihood, z_likelihood = self.model.likelihoods(y, z)
+        y_likelihood, z_likelihood = self._likelihoods(y, z)
         x_hat = self.model.synthesize(y.contiguous(memory_format=torch.channels_last), self.quality).float()
         output = {"x_hat": x_hat[:, :, :height, :width], "y": y_likelihood, "z": z_likelihood}
         return rate_distortion_loss(output, self.x[:, :, :height, :width], self.lmbda, self.metric)["loss"]
+
+    def _likelihoods(self, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The model's likelihoods of ``y`` given ``z`` and of ``z``: the context and the entropy
+        parameters on all positions at once (in parallel, as in training)."""
+        return self.model.y_codec.likelihood(y, self.model.h_s(z)), self.model.prior.likelihood(z)
 
     def hard(self, y_hat: Tensor, z_hat: Tensor) -> float:
         """The loss of rounded latents (as :func:`hard_round` gives them), reconstruction clamped to ``[0, 1]``."""
         height, width = self.size
         with torch.no_grad():
-            y_likelihood, z_likelihood = self.model.likelihoods(y_hat, z_hat)
+            y_likelihood, z_likelihood = self._likelihoods(y_hat, z_hat)
             x_hat = self.model.synthesize(y_hat.contiguous(memory_format=torch.channels_last), self.quality).float().clamp(0, 1)
             output = {"x_hat": x_hat[:, :, :height, :width], "y": y_likelihood, "z": z_likelihood}
             return float(rate_distortion_loss(output, self.x[:, :, :height, :width], self.lmbda, self.metric)["loss"])
@@ -160,19 +165,17 @@ class Objective:
 
 def encoder_latents(model: ContextMixtureModel, x: Tensor, quality: float) -> tuple[Tensor, Tensor]:
     """The continuous latents of the analysis transforms for the padded image ``x``
-    ``(1, 3, H, W)`` in ``[0, 1]``: ``y`` ``(1, m, H/16, W/16)`` and ``u = z - medians``
-    ``(1, n, H/64, W/64)`` (``z`` centred on the prior's medians)."""
+    ``(1, 3, H, W)`` in ``[0, 1]``: ``y`` ``(1, m, H/16, W/16)`` and ``z`` ``(1, n, H/64, W/64)``."""
     with torch.no_grad():
         y = model.analyse(x.contiguous(memory_format=torch.channels_last), quality)
-        return y, model.h_a(y) - model.prior.medians.view(1, -1, 1, 1)
+        return y, model.h_a(y)
 
 
-def hard_round(model: ContextMixtureModel, y: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-    """``(ŷ, ẑ)`` of continuous ``y`` and ``u = z - medians``: the values a file stores
-    (integers; ``ẑ`` on the grid of the medians), clamped to ``[LATENT_MIN, LATENT_MAX]``."""
+def hard_round(model: ContextMixtureModel, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """``(ŷ, ẑ)`` of continuous ``y`` (within ``[LATENT_MIN, LATENT_MAX]``) and ``z``: the values
+    a file stores (integers; ``ẑ`` by the prior's quantizer, on the grid of its medians)."""
     with torch.no_grad():
-        medians = model.prior.medians.view(1, -1, 1, 1)
-        return torch.round(y).clamp(LATENT_MIN, LATENT_MAX), torch.round(u).clamp(LATENT_MIN, LATENT_MAX) + medians
+        return torch.round(y), model.prior.quantize(z, noise=False)
 
 
 @dataclass(frozen=True)
@@ -210,25 +213,24 @@ def refine(
     flags = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
     try:
-        y0, u0 = encoder_latents(model, x, quality)
-        best = hard_round(model, y0, u0)
+        y0, z0 = encoder_latents(model, x, quality)
+        best = hard_round(model, y0, z0)
         initial = best_loss = objective.hard(*best)
         y = y0.clone().requires_grad_(True)
-        u = u0.clone().requires_grad_(annealing.refine_z)
-        optimizer = torch.optim.Adam([y, u] if annealing.refine_z else [y], lr=annealing.lr)
+        z = z0.clone().requires_grad_(annealing.refine_z)
+        optimizer = torch.optim.Adam([y, z] if annealing.refine_z else [y], lr=annealing.lr)
         generator = torch.Generator().manual_seed(annealing.seed)
         for step in range(annealing.iterations):
             tau = annealing.temperature(step)
             y_tilde = sga_round(y, tau, generator)
-            z_tilde = sga_round(u, tau, generator) + medians if annealing.refine_z else best[1]
+            z_tilde = sga_round(z - medians, tau, generator) + medians if annealing.refine_z else best[1]
             optimizer.zero_grad(set_to_none=True)
             objective(y_tilde, z_tilde).backward()
             optimizer.step()
             with torch.no_grad():
                 y.clamp_(LATENT_MIN, LATENT_MAX)
-                u.clamp_(LATENT_MIN, LATENT_MAX)
             if annealing.is_check(step):
-                candidate = hard_round(model, y, u)  # u moves only with refine_z
+                candidate = hard_round(model, y, z)  # z moves only with refine_z
                 loss = objective.hard(*candidate)
                 if loss < best_loss:
                     best, best_loss = candidate, loss

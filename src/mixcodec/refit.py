@@ -23,7 +23,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .codec import quantize_latents
-from .entropy.distributions import mixture_likelihood, split_params
 from .models.context_model import ContextMixtureModel
 from .data import CropSampler
 
@@ -51,13 +50,6 @@ def cached_latents(model: ContextMixtureModel, data: Path, crops: int = 1024, cr
     return torch.cat(y_hats), torch.cat(hypers)
 
 
-def code_length_bits(model: ContextMixtureModel, y_hat: Tensor, hyper: Tensor) -> Tensor:
-    """``-log2 P(ŷ | ẑ)`` in bits, summed over the batch, under the model's float entropy model
-    (the one training uses; files code through its exact integer twin)."""
-    raw = model.entropy_parameters(torch.cat([hyper, model.context(y_hat)], dim=1))
-    return -torch.log2(mixture_likelihood(model.spec, y_hat, split_params(model.spec, raw))).sum()
-
-
 def refit(
     model: ContextMixtureModel, y_hats: Tensor, hypers: Tensor, steps: int = 2000, batch: int = 8, lr: float = 3e-4, seed: int = 0,
     progress: bool = False,
@@ -79,7 +71,7 @@ def refit(
             group["lr"] = lr if step < 0.8 * steps else lr / 10
         index = torch.randint(len(y_hats), (batch,), generator=draws)
         y_hat = y_hats[index]
-        bits = code_length_bits(model, y_hat, hypers[index]) / y_hat.numel()
+        bits = model.y_codec.code_length(y_hat, hypers[index]) / y_hat.numel()
         optimizer.zero_grad(set_to_none=True)
         bits.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

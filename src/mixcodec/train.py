@@ -343,6 +343,112 @@ def _distributed_setup(device: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
+@dataclass
+class _Optimizers:
+    """Adam on the RD loss (every trainable parameter but the prior's quantiles) and
+    Adam on the quantile-fitting loss (the quantiles)."""
+
+    params: list[torch.nn.Parameter]
+    main: torch.optim.Adam
+    aux: torch.optim.Adam
+
+
+def _build(cfg: TrainConfig) -> tuple[ContextMixtureModel, _Optimizers]:
+    """A fresh model of ``cfg`` (gains from its λ ladder, ``cfg.freeze`` frozen) and its optimizers."""
+    torch.manual_seed(cfg.seed)
+    model = ContextMixtureModel(cfg.model_config())
+    model.gains.init_from_lmbdas(cfg.lmbdas)
+    frozen = tuple(cfg.freeze)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not (frozen and name.startswith(frozen)))
+    params = [p for n, p in model.named_parameters() if n != "prior.quantiles" and p.requires_grad]
+    return model, _Optimizers(params, torch.optim.Adam(params, lr=cfg.lr), torch.optim.Adam([model.prior.quantiles], lr=cfg.aux_lr))
+
+
+def _restore(model: ContextMixtureModel, optimizers: _Optimizers, checkpoint: Path | None, init: Path | None, rank: int) -> int:
+    """Continue from ``checkpoint`` (weights, optimizer states, step) when given, else start
+    from the weights of ``init`` (:func:`load_matching`); returns the step to start at."""
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizers.main.load_state_dict(state["optimizer"])
+        optimizers.aux.load_state_dict(state["aux_optimizer"])
+        return state["step"]
+    if init is not None:
+        fresh = load_matching(model, initial_weights(Path(init)))
+        if fresh and rank == 0:
+            print(f"--init {init}: not in it (or of another shape), left at their initialization: {', '.join(fresh)}")
+    return 0
+
+
+def _save(model: ContextMixtureModel, optimizers: _Optimizers, cfg: TrainConfig, step: int, path: Path) -> None:
+    """Write the checkpoint ``path`` (split into parts of ``cfg.checkpoint_part_mib``)."""
+    state = {
+        "model": model.state_dict(), "optimizer": optimizers.main.state_dict(), "aux_optimizer": optimizers.aux.state_dict(),
+        "step": step, "config": model.config.to_json(), "train_config": dataclasses.asdict(cfg),
+    }
+    atomic_save(state, path, int(cfg.checkpoint_part_mib * 2**20))
+
+
+def _distributed(model: ContextMixtureModel, world: int) -> torch.nn.Module:
+    """The module to run forward passes through: DDP around ``model`` with several processes."""
+    if world == 1:
+        return model
+    # the quantiles get no gradient from the RD loss; their aux gradients are identical on all ranks
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["prior.quantiles"])
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+@dataclass
+class _Levels:
+    """The λ ladder as a training objective: a random quality level per crop, its λ and
+    the weight of its loss (``balance_levels``: ``sqrt(median λ / λ)``, so that every
+    level moves the shared parameters about as much)."""
+
+    lmbdas: torch.Tensor
+    weights: torch.Tensor
+    draws: torch.Generator
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, seed: int) -> "_Levels":
+        lmbdas = torch.tensor(cfg.lmbdas)
+        weights = (lmbdas.median() / lmbdas).sqrt() if cfg.balance_levels else torch.ones_like(lmbdas)
+        return cls(lmbdas, weights, torch.Generator().manual_seed(seed))
+
+    def draw(self, batch: int) -> torch.Tensor:
+        """Level indices ``(batch,)`` (quality = index + 1)."""
+        return torch.randint(len(self.lmbdas), (batch,), generator=self.draws)
+
+
+def _step(network: torch.nn.Module, model: ContextMixtureModel, optimizers: _Optimizers, cfg: TrainConfig, x: torch.Tensor,
+          levels: _Levels, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One optimizer step of the RD loss and one of the quantile loss on crops ``x`` ``(B, 3, H, W)``.
+
+    Returns:
+        ``(RD loss terms, aux loss, level indices of the crops)``.
+    """
+    device = x.device
+    lr = learning_rate(cfg, step)
+    for group in optimizers.main.param_groups:
+        group["lr"] = lr
+    level = levels.draw(x.shape[0])
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        output = network(x, quality=(level + 1).to(device), rate_gradient=new_channel_rate_gradient(cfg, model.config.m, step, device))
+    result = rate_distortion_loss(output, x, levels.lmbdas[level].to(device), cfg.metric, levels.weights[level].to(device))
+    optimizers.main.zero_grad(set_to_none=True)
+    result["loss"].backward()
+    if cfg.clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(optimizers.params, cfg.clip_norm)
+    optimizers.main.step()
+    aux = model.aux_loss()
+    optimizers.aux.zero_grad(set_to_none=True)
+    aux.backward()
+    optimizers.aux.step()
+    if not math.isfinite(float(result["loss"].detach())):
+        raise FloatingPointError(f"non-finite loss at step {step + 1}")
+    return result, aux, level
+
+
 def train(
     cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: Path | None = None, max_minutes: float | None = None,
     val: Path | None = None, tensorboard: bool = False, device: str = "auto",
@@ -366,43 +472,19 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    model = ContextMixtureModel(cfg.model_config())
-    model.gains.init_from_lmbdas(cfg.lmbdas)
-    aux_params = [model.prior.quantiles]
-    frozen = tuple(cfg.freeze)
-    for name, p in model.named_parameters():
-        p.requires_grad_(not (frozen and name.startswith(frozen)))
-    main_params = [p for n, p in model.named_parameters() if n != "prior.quantiles" and p.requires_grad]
-    optimizer = torch.optim.Adam(main_params, lr=cfg.lr)
-    aux_optimizer = torch.optim.Adam(aux_params, lr=cfg.aux_lr)
-    step = 0
+    model, optimizers = _build(cfg)
     ckpt_path = out / "last.pt"
-    if resume and checkpoint_exists(ckpt_path):
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        aux_optimizer.load_state_dict(state["aux_optimizer"])
-        step = state["step"]
-    elif init is not None:
-        fresh = load_matching(model, initial_weights(Path(init)))
-        if fresh and rank == 0:
-            print(f"--init {init}: not in it (or of another shape), left at their initialization: {', '.join(fresh)}")
+    step = _restore(model, optimizers, ckpt_path if resume and checkpoint_exists(ckpt_path) else None, init, rank)
     model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    network = model
-    if world > 1:
-        # the quantiles get no gradient from the RD loss; their aux gradients are identical on all ranks
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ["prior.quantiles"])
-        network = torch.nn.parallel.DistributedDataParallel(model)
-    dataset = CropDataset(data, cfg.crop, cfg.min_downscale, cfg.batch, seed=cfg.seed + 7919 * rank + step)
+    network = _distributed(model, world)
+    seed = cfg.seed + 7919 * rank + step  # per process, new after a resume
+    dataset = CropDataset(data, cfg.crop, cfg.min_downscale, cfg.batch, seed=seed)
     batches = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers, persistent_workers=cfg.workers > 0))
+    levels = _Levels.of(cfg, seed)
     val_images = (list_images(val)[: cfg.val_images or None] if val is not None else []) if rank == 0 else []
     log = _Log(out / "log.csv", len(cfg.lmbdas), out / "tensorboard" if tensorboard else None) if rank == 0 else None
-    lmbdas = torch.tensor(cfg.lmbdas)
-    level_weights = (lmbdas.median() / lmbdas).sqrt() if cfg.balance_levels else torch.ones_like(lmbdas)
-    levels = torch.Generator().manual_seed(cfg.seed + 7919 * rank + step)  # like the crops: per process, new after a resume
     if rank == 0:
         (out / "config.toml").write_text(to_toml(cfg))
     last_save = start = time.monotonic()
@@ -411,43 +493,22 @@ def train(
     model.train()
     bar = tqdm(total=cfg.steps, initial=step, dynamic_ncols=True, mininterval=5, disable=rank != 0)
     while step < cfg.steps:
-        lr = learning_rate(cfg, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         x = next(batches).to(device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        level = torch.randint(len(cfg.lmbdas), (x.shape[0],), generator=levels)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            output = network(x, quality=(level + 1).to(device), rate_gradient=new_channel_rate_gradient(cfg, model.config.m, step, device))
-        result = rate_distortion_loss(output, x, lmbdas[level].to(device), cfg.metric, level_weights[level].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        result["loss"].backward()
-        if cfg.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(main_params, cfg.clip_norm)
-        optimizer.step()
-        aux = model.aux_loss()
-        aux_optimizer.zero_grad(set_to_none=True)
-        aux.backward()
-        aux_optimizer.step()
+        result, aux, level = _step(network, model, optimizers, cfg, x, levels, step)
         step += 1
-        if not math.isfinite(float(result["loss"].detach())):
-            raise FloatingPointError(f"non-finite loss at step {step}")
         sums.add(result, level)
         if step % cfg.log_every == 0:
             means = sums.means()
             if log:
-                log.write(step, time.monotonic() - start, lr, means, float(aux.detach()))
+                log.write(step, time.monotonic() - start, learning_rate(cfg, step - 1), means, float(aux.detach()))
             bar.set_postfix(loss=f"{means['loss']:.4f}", bpp=f"{means['bpp']:.3f}", psnr=f"{means['psnr']:.2f}")
             sums = _RunningMeans(len(cfg.lmbdas))
         bar.update(1)
         out_of_time = (max_minutes is not None and time.monotonic() - start > max_minutes * 60) or stop.agreed(world)
         if rank == 0 and (time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps or out_of_time):
-            state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "aux_optimizer": aux_optimizer.state_dict(),
-                "step": step, "config": model.config.to_json(), "train_config": dataclasses.asdict(cfg),
-            }
-            atomic_save(state, ckpt_path, int(cfg.checkpoint_part_mib * 2**20))
+            _save(model, optimizers, cfg, step, ckpt_path)
             last_save = time.monotonic()
         if val_images and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps or (out_of_time and not stop.requested)):
             points = validate(model, cfg, val_images, out, step)

@@ -47,8 +47,6 @@ class FactorizedPrior(nn.Module):
         target = math.log(2 / _TAIL_MASS - 1)
         self.quantiles = nn.Parameter(torch.tensor([-init_scale, 0.0, init_scale]).repeat(channels, 1, 1))
         self.register_buffer("quantile_targets", torch.tensor([-target, 0.0, target]), persistent=False)
-        #: ``(pmf (C, W) float64, offsets (C,))`` used for coding; set from a weight file by the registry.
-        self.coding_tables: tuple[np.ndarray, np.ndarray] | None = None
 
     def logits_cumulative(self, x: Tensor, detach_density: bool = False) -> Tensor:
         """``logit(CDF(x))`` for ``x`` of shape ``(C, 1, n)``; returns ``(C, 1, n)``.
@@ -81,11 +79,12 @@ class FactorizedPrior(nn.Module):
         return mass.reshape(c, b, h, w).permute(1, 0, 2, 3)
 
     def quantize(self, z: Tensor, noise: bool) -> Tensor:
-        """Uniform noise (training) or rounding around the per-channel medians."""
+        """Uniform noise (training), or rounding around the per-channel medians with the
+        symbol clipped to the coder's range ``[LATENT_MIN, LATENT_MAX]``: the ``ẑ`` a file stores."""
         if noise:
             return z + torch.empty_like(z).uniform_(-0.5, 0.5)
         medians = self.medians.view(1, -1, 1, 1)
-        return torch.round(z - medians) + medians
+        return torch.round(z - medians).clamp(LATENT_MIN, LATENT_MAX) + medians
 
     def aux_loss(self) -> Tensor:
         """Loss that moves the learned quantiles to the tails and median of each density."""

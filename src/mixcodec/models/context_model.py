@@ -98,10 +98,6 @@ ARCHITECTURES: dict[str, ModelConfig] = {
 }
 
 
-#: Qualities are multiples of ``1 / QUALITY_RESOLUTION`` (the unit of the ``.mxc`` header field).
-QUALITY_RESOLUTION = 256
-
-
 class QualityGains(nn.Module):
     """Per-quality channel gains of the latent (Cui et al. 2021).
 
@@ -140,6 +136,33 @@ class QualityGains(nn.Module):
 def ste_round(x: Tensor) -> Tensor:
     """Round in the forward pass, identity gradient in the backward pass."""
     return x + (torch.round(x) - x).detach()
+
+
+class ContextLatentCodec:
+    """The float face of the entropy model of ``ŷ``: a masked context convolution and the
+    entropy-parameter network that maps ``[h_s(ẑ), context(ŷ)]`` to the parameters of a
+    discretized mixture of family ``spec``.  It holds no parameters of its own: it is a
+    view of its model's modules (:attr:`ContextMixtureModel.y_codec`), so weight files
+    keep their tensor names.  Its exact face, which files are coded with, is
+    :class:`mixcodec.context_coding.IntegerContextCodec` (built from this object).
+    """
+
+    def __init__(self, context: MaskedConv2d, entropy_parameters: nn.Sequential, spec: MixtureSpec):
+        self.context = context
+        self.entropy_parameters = entropy_parameters
+        self.spec = spec
+
+    def likelihood(self, y_coded: Tensor, hyper: Tensor) -> Tensor:
+        """Mass of each element of ``y_coded`` ``(B, m, h, w)`` (noisy or rounded latents) given
+        the hyper features ``(B, 2m, h, w)``; float32 of the shape of ``y_coded``."""
+        raw = self.entropy_parameters(torch.cat([hyper, self.context(y_coded)], dim=1))
+        with torch.autocast(y_coded.device.type, enabled=False):
+            return mixture_likelihood(self.spec, y_coded.float(), split_params(self.spec, raw.float()))
+
+    def code_length(self, y_hat: Tensor, hyper: Tensor) -> Tensor:
+        """``-log2 P(ŷ | ẑ)`` in bits, summed over everything (a scalar): the float estimate of
+        what a file spends on ``ŷ`` (refit minimizes it)."""
+        return -torch.log2(self.likelihood(y_hat, hyper)).sum()
 
 
 class ContextMixtureModel(nn.Module):
@@ -198,22 +221,18 @@ class ContextMixtureModel(nn.Module):
         y = self.analyse(x, quality)
         z = self.h_a(y).float()
         z_hat = self.prior.quantize(z, noise=noise)
+        z_likelihood = self.prior.likelihood(z_hat)
+        hyper = self.h_s(z_hat)
         y_rated = y if rate_gradient is None else torch.lerp(y.detach(), y, rate_gradient.view(1, -1, 1, 1))
         y_coded = y_rated + torch.empty_like(y).uniform_(-0.5, 0.5) if noise else torch.round(y)
-        y_likelihood, z_likelihood = self.likelihoods(y_coded, z_hat)
+        y_likelihood = self.y_codec.likelihood(y_coded, hyper)
         x_hat = self.synthesize(ste_round(y) if noise else torch.round(y), quality).float()
         return {"x_hat": x_hat, "y": y_likelihood, "z": z_likelihood}
 
-    def likelihoods(self, y_coded: Tensor, z_hat: Tensor) -> tuple[Tensor, Tensor]:
-        """Likelihoods of ``y_coded`` ``(B, m, h, w)`` (noisy, relaxed or rounded latents) given
-        ``z_hat`` ``(B, n, h/4, w/4)``, and of ``z_hat``: the context and the entropy
-        parameters are evaluated on all positions at once (in parallel, as in training)."""
-        hyper = self.h_s(z_hat)
-        raw = self.entropy_parameters(torch.cat([hyper, self.context(y_coded)], dim=1))
-        with torch.autocast(y_coded.device.type, enabled=False):
-            params = split_params(self.spec, raw.float())
-            y_likelihood = mixture_likelihood(self.spec, y_coded, params)
-        return y_likelihood, self.prior.likelihood(z_hat)
+    @property
+    def y_codec(self) -> ContextLatentCodec:
+        """The entropy model of ``ŷ`` (a view of :attr:`context` and :attr:`entropy_parameters`)."""
+        return ContextLatentCodec(self.context, self.entropy_parameters, self.spec)
 
     def latent_groups(self) -> dict[str, tuple[int, int]]:
         """Tensors that hold several groups of ``m`` latent channels along one dimension:

@@ -36,14 +36,15 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from ..errors import ConfigError, ModelNotFoundError
 from . import releases
-from .context_model import QUALITY_RESOLUTION, ContextMixtureModel, ModelConfig
+from ..bitstream import QUALITY_RESOLUTION
+from ..context_coding import IntegerContextCodec, IntegerHyperprior
+from .context_model import ContextMixtureModel, ModelConfig
 
 DEFAULT_MODEL = "gllmm"
 #: ``name@version`` selects one version of a model.
@@ -315,18 +316,49 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_model(info: ModelInfo) -> ContextMixtureModel:
-    """The model of ``info`` (shared by every quality of its file) in float32, evaluation
-    mode, with its coding tables (``model.prior.coding_tables``).
+@dataclass(frozen=True)
+class LoadedModel:
+    """A weight file ready to code: the float model (float32, evaluation mode, no
+    gradients; shared by every caller, so never modify it) and the exact faces of its
+    latent codecs.  :func:`load` returns one object per file state and digest.
+
+    Attributes:
+        net: the transforms and float entropy model (``g_a``, ``g_s``, the gains, ...).
+        hyperprior: codes ``ẑ`` with the file's integer tables and gives the hyper features.
+        context: codes ``ŷ`` given those features.
+    """
+
+    net: ContextMixtureModel
+    hyperprior: IntegerHyperprior
+    context: IntegerContextCodec
+
+
+def load(info: ModelInfo) -> LoadedModel:
+    """The loaded model of ``info`` (the same object for every quality of its file).
 
     Raises:
         ConfigError: the file's tensors are not those of its digest (changed after export).
     """
-    return _load_file(info.path, info.sha256, info.config)
+    return _load_file(info.path, info.sha256, info.config, _file_states(info.path))
+
+
+def _file_states(path: Path) -> tuple[tuple[int, int], ...]:
+    """``(modification time, size)`` of a weight file and of the file it shares tensors
+    with: the cache of :func:`load` follows both (a retrained base model is reloaded)."""
+    files = [Path(path)]
+    shares = _metadata(path).get(SHARES_KEY)
+    if shares is not None:
+        files.append(Path(path).parent / json.loads(shares)["file"])
+    return tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else (0, 0) for f in files)
+
+
+def load_model(info: ModelInfo) -> ContextMixtureModel:
+    """The float model of ``info``: ``load(info).net``."""
+    return load(info).net
 
 
 @lru_cache(maxsize=8)
-def _load_file(path: Path, sha256: str, config: ModelConfig) -> ContextMixtureModel:
+def _load_file(path: Path, sha256: str, config: ModelConfig, states: tuple) -> LoadedModel:
     model = ContextMixtureModel(config)
     state = read_tensors(path)
     if model_digest(config, state) != sha256:
@@ -338,10 +370,12 @@ def _load_file(path: Path, sha256: str, config: ModelConfig) -> ContextMixtureMo
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as exc:  # tensors that do not fit the config
         raise ConfigError(f"{path}: its tensors do not fit its config ({str(exc).splitlines()[0]})") from None
-    model.prior.coding_tables = (tables["z_pmf"].numpy().astype(np.float64) * 2.0**-32, tables["z_offsets"].numpy())
+    model.requires_grad_(False)
+    hyperprior = IntegerHyperprior.from_tables(model.prior, model.h_s, tables["z_pmf"], tables["z_offsets"])
+    context = IntegerContextCodec(model.y_codec)
     # channels-last convolutions are 10-25% faster on CPU for inference (measured on N=64);
     # training keeps NCHW (channels-last backward crashes in torch 2.13, docs/training.md)
-    return model.eval().to(memory_format=torch.channels_last)
+    return LoadedModel(model.eval().to(memory_format=torch.channels_last), hyperprior, context)
 
 
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -1,0 +1,80 @@
+"""The latent codecs: schedules derived from the context mask, strict integer twins, the
+hyperprior's tables as part of its exact face."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mixcodec.context_coding import IntegerContextCodec, IntegerHyperprior, causal_taps, schedule_steps, wavefront_slope
+from mixcodec.layers import MaskedConv2d
+from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
+from mixcodec.models.registry import load
+
+CONFIG = ModelConfig(n=8, hidden=(24, 32))
+
+
+def test_the_taps_of_the_5x5_type_a_mask():
+    taps = causal_taps(MaskedConv2d(1, 1, 5).mask[0, 0])
+    assert taps == [(dy, dx) for dy in (-2, -1) for dx in range(-2, 3)] + [(0, -2), (0, -1)]
+    assert wavefront_slope(taps) == 3
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+def test_the_wavefront_codes_every_tap_of_a_position_in_an_earlier_step(kernel):
+    taps = causal_taps(MaskedConv2d(1, 1, kernel).mask[0, 0])
+    slope = wavefront_slope(taps)
+    assert slope == kernel // 2 + 1  # the smallest slope that works for a type-A mask
+    height, width = 6, 11
+    step_of = {}
+    for step, (rows, cols) in enumerate(schedule_steps("wavefront", height, width, slope)):
+        step_of.update({(r, c): step for r, c in zip(rows.tolist(), cols.tolist())})
+    assert len(step_of) == height * width
+    for (r, c), step in step_of.items():
+        for dy, dx in taps:
+            if (r + dy, c + dx) in step_of:
+                assert step_of[(r + dy, c + dx)] < step
+    # a smaller slope would not: some tap lands in the same or a later step
+    too_small = {}
+    for step, (rows, cols) in enumerate(schedule_steps("wavefront", height, width, slope - 1)):
+        too_small.update({(r, c): step for r, c in zip(rows.tolist(), cols.tolist())})
+    assert any(too_small.get((r + dy, c + dx), -1) >= s for (r, c), s in too_small.items() for dy, dx in taps)
+
+
+def test_a_mask_that_sees_the_present_is_refused():
+    mask = torch.zeros(5, 5)
+    mask[2, 2] = 1
+    with pytest.raises(ValueError, match="not causal"):
+        causal_taps(mask)
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.LeakyReLU(0.2), nn.GELU()])
+def test_an_entropy_network_without_an_exact_twin_is_refused(activation):
+    model = ContextMixtureModel(CONFIG)
+    model.entropy_parameters[1] = activation
+    with pytest.raises((TypeError, ValueError)):
+        IntegerContextCodec(model.y_codec)
+
+
+def test_a_model_not_loaded_from_a_file_codes_its_hyper_latent():
+    torch.manual_seed(0)
+    model = ContextMixtureModel(CONFIG)
+    hyperprior = IntegerHyperprior.from_modules(model.prior, model.h_s)
+    z_hat = model.prior.quantize(torch.randn(1, 8, 2, 3) * 4, noise=False)
+    assert torch.equal(hyperprior.decompress(hyperprior.compress(z_hat), (2, 3)), z_hat)
+
+
+def test_the_loaded_tables_are_those_the_model_computes(tiny_model):
+    loaded = load(tiny_model())
+    fresh = IntegerHyperprior.from_modules(loaded.net.prior, loaded.net.h_s)
+    np.testing.assert_array_equal(loaded.hyperprior.pmf, fresh.pmf)
+    np.testing.assert_array_equal(loaded.hyperprior.offsets, fresh.offsets)
+    assert load(tiny_model()) is loaded  # one object per file
+
+
+def test_the_z_quantizer_clips_to_the_coder_range():
+    model = ContextMixtureModel(CONFIG)
+    z_hat = model.prior.quantize(torch.full((1, 8, 1, 1), 1e4), noise=False)
+    assert torch.all(z_hat - model.prior.medians.view(1, -1, 1, 1) <= 256)
