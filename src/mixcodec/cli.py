@@ -24,6 +24,7 @@ from .bitstream import Metadata
 from .codec import compress, decompress
 from .errors import InputError, MixcodecError
 from .models.registry import DEFAULT_MODEL, find_model, installed_models
+from .refine import EFFORT_ITERATIONS, effort_iterations
 
 EXIT_BAD_INPUT = 2
 
@@ -157,14 +158,15 @@ def _run_each(inputs, outputs, job, force: bool) -> None:
 FIT_STEPS = 6
 
 
-def _largest_that_fits(image: Image.Image, model: str, levels: int, limit: int, metadata: Metadata | None = None) -> bytes:
+def _largest_that_fits(image: Image.Image, model: str, levels: int, limit: int, metadata: Metadata | None = None, effort: int = 0) -> bytes:
     """The file of the highest quality of ``model`` whose size (metadata included) is at most
     ``limit`` bytes: the highest level that fits, then bisection towards the next level (file
-    sizes grow with the quality).  ``metadata`` as :func:`mixcodec.compress` takes it."""
+    sizes grow with the quality).  ``metadata`` and ``effort`` as :func:`mixcodec.compress`
+    takes them (every file tried is refined: up to ``levels + FIT_STEPS`` encodes)."""
     files = {}
 
     def size(quality: float) -> int:
-        files[quality] = compress(image, model=find_model(model, quality), metadata=metadata)
+        files[quality] = compress(image, model=find_model(model, quality), metadata=metadata, effort=effort)
         return len(files[quality])
 
     fitting = next((q for q in range(levels, 0, -1) if size(q) <= limit), None)
@@ -217,12 +219,16 @@ def main() -> None:
 @click.option("--target-bpp", type=float, help="Highest quality (to 1/64 of a level) whose file fits this many bits per pixel.")
 @click.option("--max-bytes", type=int, help="Highest quality (to 1/64 of a level) whose file fits this many bytes.")
 @click.option("--strip", is_flag=True, help="Leave out the ICC profile, EXIF and XMP (kept by default; the orientation is applied either way).")
+@click.option("--effort", type=int, default=0, show_default=True,
+              help=f"Encoder effort 0-{len(EFFORT_ITERATIONS) - 1}: above 0 the latents are refined for each image "
+                   f"({', '.join(map(str, EFFORT_ITERATIONS[1:]))} iterations; smaller files at the same quality, minutes per photo).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_bytes, strip, force) -> None:
+def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_bytes, strip, effort, force) -> None:
     """Compress images to .mxc files (default: next to each input), upright and with their
     colour profile, EXIF and XMP; sizes and --target-bpp/--max-bytes count the metadata."""
     if (target_bpp is not None or max_bytes is not None) and quality is not None:
         raise BadInput("--quality cannot be combined with --target-bpp/--max-bytes")
+    iterations = effort_iterations(effort)
     info = find_model(model, quality)
     outs = _outputs(inputs, output, out_dir, ".mxc")
 
@@ -231,9 +237,14 @@ def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_by
     def job(path: Path) -> bytes:
         image = open_image(path)
         if target_bpp is None and max_bytes is None:
-            return compress(image, model=info, metadata=metadata)
+            if not iterations:
+                return compress(image, model=info, metadata=metadata)
+            from tqdm import tqdm
+
+            with tqdm(total=iterations, unit="it", desc=f"refining {path.name}", leave=False, file=sys.stderr) as bar:
+                return compress(image, model=info, metadata=metadata, effort=effort, progress=lambda: bar.update(1))
         limit = max_bytes if max_bytes is not None else int(target_bpp * image.width * image.height / 8)
-        return _largest_that_fits(image, str(info.path), info.config.qualities, limit, metadata)
+        return _largest_that_fits(image, str(info.path), info.config.qualities, limit, metadata, effort)
 
     _run_each(inputs, outs, job, force)
 
@@ -355,7 +366,8 @@ def models_command() -> None:
 
 @main.command("eval")
 @click.argument("dataset", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--models", default=DEFAULT_MODEL, show_default=True, help="Comma-separated installed model names or weight files ('' for none).")
+@click.option("--models", default=DEFAULT_MODEL, show_default=True,
+              help="Comma-separated installed model names (NAME@VERSION) or weight files ('' for none); a suffix :eE codes at encoder effort E (gllmm:e2).")
 @click.option("--codecs", default="jpeg,webp,avif,jxl,hevc", show_default=True, help="Comma-separated classic codecs ('' for none).")
 @click.option("--reference", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="CSV of published RD points to plot and compare.")
 @click.option("--limit", type=int, help="Use only the first N images.")
@@ -376,7 +388,8 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
     available = ev.classic_codecs()
     learned = []
     for name in filter(None, models.split(",")):
-        learned.append(ev.learned_codec(_model_set(name, "+")))
+        spec, effort = ev.split_effort(name)
+        learned.append(ev.learned_codec(_model_set(spec, "+"), effort))
     under_test = list(learned)
     for name in filter(None, codecs.split(",")):
         if name not in available:

@@ -12,12 +12,14 @@ ICC profile, EXIF and XMP; see :mod:`mixcodec.metadata`.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from . import bitstream, tiling
+from . import bitstream, refine, tiling
 from . import metadata as photo_metadata
 from .errors import FormatError, InputError, ModelNotFoundError
 from .models.context_model import PAD_MULTIPLE, ContextMixtureModel
@@ -62,17 +64,9 @@ def _pad(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _quantize(model: ContextMixtureModel, y: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ŷ, ẑ)`` from the clipped latent ``y`` ``(1, m, h, w)``; ``h_a`` in stripes of ``rows`` image rows if given."""
-    with torch.no_grad():
-        z = model.h_a(y) if rows is None else tiling.run(model.h_a, y, rows // PAD_MULTIPLE)
-        return torch.round(y), model.prior.quantize(z, noise=False)
-
-
 def quantize_latents(model: ContextMixtureModel, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ŷ, ẑ)`` of a padded image ``(1, 3, H, W)`` in ``[0, 1]`` at ``quality``: the values a file stores."""
-    with torch.no_grad():
-        return _quantize(model, model.analyse(x.contiguous(memory_format=torch.channels_last), quality))
+    return refine.hard_round(model, *refine.encoder_latents(model, x, quality))
 
 
 def image_latents(model: ContextMixtureModel, image: np.ndarray, quality: float, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +79,9 @@ def image_latents(model: ContextMixtureModel, image: np.ndarray, quality: float,
         x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
         return quantize_latents(model, _pad(x), quality)
     with torch.no_grad():
-        return _quantize(model, tiling.analyse(model, image, quality, padded, rows), rows)
+        y = tiling.analyse(model, image, quality, padded, rows)
+        z = tiling.run(model.h_a, y, rows // PAD_MULTIPLE)
+    return refine.hard_round(model, y, z)
 
 
 def reconstruct(
@@ -110,6 +106,8 @@ def compress(
     quality: float | None = None,
     schedule: str = "wavefront",
     metadata: bitstream.Metadata | None = None,
+    effort: int = 0,
+    progress: Callable[[], None] | None = None,
 ) -> bytes:
     """Compress an image into the bytes of a ``.mxc`` file.
 
@@ -126,13 +124,22 @@ def compress(
             :class:`~mixcodec.bitstream.Metadata` is stored as given (``Metadata()``:
             none, as ``compress --strip``).  A file without metadata is the same
             (format version 2) as before metadata existed.
+        effort: encoder effort level, 0 to ``len(refine.EFFORT_ITERATIONS) - 1``: 0 codes
+            the analysis transform's latents; higher levels refine them for this image by
+            stochastic Gumbel annealing (:mod:`mixcodec.refine`; seconds to minutes).
+            The file is an ordinary one, decoded as any other.
+        progress: called after each refinement iteration (``effort > 0``).
 
     Raises:
-        InputError: the image or its metadata is not accepted.
+        InputError: the image or its metadata is not accepted, or ``effort`` is not a level
+            (or is above 0 for a model that records no λ).
     """
+    iterations = refine.effort_iterations(effort)
     if schedule not in bitstream.SCHEDULES:
         raise InputError(f"unknown schedule {schedule!r}; choose one of {', '.join(bitstream.SCHEDULES)}")
     info = model if isinstance(model, ModelInfo) else find_model(model, quality)
+    if iterations and not info.lmbda > 0:
+        raise InputError(f"{info.label} records no λ for quality {info.quality:g}, which effort {effort} needs")
     if isinstance(image, Image.Image):
         image = photo_metadata.upright(image)
     array, mode = to_rgb_array(image)
@@ -143,7 +150,13 @@ def compress(
     except ValueError as exc:
         raise InputError(f"{exc} (compress --strip drops the metadata)") from None
     loaded = load(info)
-    y_hat, z_hat = image_latents(loaded.net, array, info.quality)
+    if iterations:  # the refinement works on the whole image (not in stripes)
+        x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
+        annealing = refine.Annealing(iterations)
+        refined = refine.refine(loaded.net, _pad(x), info.quality, info.lmbda, info.metric, annealing, array.shape[:2], progress)
+        y_hat, z_hat = refined.y_hat, refined.z_hat
+    else:
+        y_hat, z_hat = image_latents(loaded.net, array, info.quality)
     z_stream = loaded.hyperprior.compress(z_hat)
     y_stream, active = loaded.context.compress(y_hat, loaded.hyperprior.hyper(z_hat), schedule)
     header = bitstream.Header(
@@ -153,7 +166,7 @@ def compress(
     return bitstream.pack(header, z_stream, y_stream)
 
 
-def _open(data: bytes, model: ModelInfo | None) -> tuple[bitstream.Header, bytes, bytes, LoadedModel, tuple[int, int]]:
+def _open(data: bytes, model: ModelInfo | None) -> tuple[bitstream.Header, bytes, torch.Tensor, LoadedModel, tuple[int, int]]:
     """Parse a file, load its model and decode its ``ẑ`` into hyper features:
     ``(header, y_stream, hyper features, loaded model, latent size (H/16, W/16))``."""
     header, z_stream, y_stream = bitstream.parse(data)

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from pytorch_msssim import ms_ssim
 
-from . import __version__, codec
+from . import __version__, codec, refine
 from .errors import InputError
 from .models.registry import ModelInfo
 
@@ -139,18 +139,40 @@ def missing_tools(name: str) -> str | None:
     return f"{name} skipped: {', '.join(absent)} not installed (Debian: apt-get install {package})" if absent else None
 
 
-def learned_codec(infos: list[ModelInfo]) -> CodecUnderTest:
-    """Qualities of one of our models (:func:`~.models.registry.read_infos`) as a codec."""
+#: Suffix of a model spec that names an encoder effort level: ``gllmm:e2``, ``gllmm@7:e2``
+#: (``@`` names the version), ``a.safetensors+b.safetensors:e2``.
+EFFORT_SEPARATOR = ":e"
+
+
+def split_effort(spec: str) -> tuple[str, int]:
+    """``(model spec, effort)`` of a spec ending in ``:eE`` (``E`` digits); other specs are
+    returned whole, at effort 0.
+
+    Raises:
+        InputError: ``E`` is not an effort level.
+    """
+    base, separator, effort = spec.rpartition(EFFORT_SEPARATOR)
+    if not separator or not effort.isdigit():
+        return spec, 0
+    refine.effort_iterations(int(effort))
+    return base, int(effort)
+
+
+def learned_codec(infos: list[ModelInfo], effort: int = 0) -> CodecUnderTest:
+    """Qualities of one of our models (:func:`~.models.registry.read_infos`) as a codec, at an
+    encoder effort level; named ``NAME`` at effort 0 and ``NAME:eE`` above."""
     by_quality = {float(i.quality): i for i in infos}
+    refine.effort_iterations(effort)
 
     def encode(array: np.ndarray, quality: float) -> bytes:
-        return codec.compress(array, model=by_quality[quality])
+        return codec.compress(array, model=by_quality[quality], effort=effort)
 
     def decode(data: bytes) -> np.ndarray:
         header = codec.bitstream.parse(data)[0]
         return np.asarray(codec.decompress(data, model=by_quality[float(header.quality)]).convert("RGB"))
 
-    return CodecUnderTest(infos[0].name, sorted(by_quality), encode, decode)
+    name = f"{infos[0].name}{EFFORT_SEPARATOR}{effort}" if effort else infos[0].name
+    return CodecUnderTest(name, sorted(by_quality), encode, decode)
 
 
 def evaluate(
