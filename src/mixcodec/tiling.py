@@ -308,7 +308,8 @@ class BackgroundSynthesis:
 
     PyTorch keeps an intra-op thread count per thread: the worker uses ``threads`` while
     the entropy decoding runs, then the caller's own count for the stripes left when the
-    block ends; the caller uses ``caller_threads`` inside the block (the entropy path is
+    block ends (the same pixels where the forward convolutions do not depend on the thread
+    count, as measured for the shipped model on x86; docs/large-images.md); the caller uses ``caller_threads`` inside the block (the entropy path is
     exact whatever its count) and its own count again after it.  An error in the worker
     is raised on exit.
     """
