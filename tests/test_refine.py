@@ -188,3 +188,11 @@ def test_cli_effort_flag_writes_the_refined_file_and_refuses_bad_levels(installe
     bad = _cli("compress", tmp_path / "img.png", "--model", "tiny", "--effort", "9", "-o", tmp_path / "bad.mxc", models=installed_tiny.path.parent)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["mixcodec: error: effort must be one of 0, 1, 2, 3, got 9"]
     assert not (tmp_path / "bad.mxc").exists()
+
+
+def test_effort_refuses_images_too_large_to_refine(installed_tiny, monkeypatch):
+    monkeypatch.setattr(refine, "MAX_REFINE_PIXELS", 32 * 32)
+    monkeypatch.setattr(refine, "refine", lambda *a, **k: pytest.fail("too large to refine"))
+    with pytest.raises(InputError, match="use effort 0"):
+        codec.compress(smooth_image(32, 40), model="tiny", effort=1)
+    assert codec.compress(smooth_image(32, 40), model="tiny", effort=0)

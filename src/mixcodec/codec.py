@@ -143,6 +143,11 @@ def compress(
     if isinstance(image, Image.Image):
         image = photo_metadata.upright(image)
     array, mode = to_rgb_array(image)
+    if iterations and array.shape[0] * array.shape[1] > refine.MAX_REFINE_PIXELS:
+        raise InputError(
+            f"effort {effort} refines images of up to {refine.MAX_REFINE_PIXELS / 1e6:.1f} Mpixel (about 2 GB of memory per Mpixel); "
+            f"this one has {array.shape[0] * array.shape[1] / 1e6:.1f}: use effort 0"
+        )
     if metadata is None:
         metadata = photo_metadata.read(image, mode) if isinstance(image, Image.Image) else bitstream.Metadata()
     try:

@@ -47,6 +47,10 @@ from .models.context_model import ContextMixtureModel
 #: (docs/effort.md).
 EFFORT_ITERATIONS: tuple[int, ...] = (0, 10, 30, 75)
 
+#: Largest image (pixels) that ``effort > 0`` refines: the refinement keeps the activations
+#: of a whole synthesis pass for its backward pass, about 2 GB per Mpixel (docs/effort.md).
+MAX_REFINE_PIXELS = 1 << 22
+
 #: Smallest side (pixels) for which MS-SSIM is defined (5 scales); smaller images are
 #: measured with their padding.
 _MS_SSIM_MIN_SIDE = 161
