@@ -79,8 +79,17 @@ def worker(kind: str, model: str, threads: int, images: list[str], repeats: int)
             d.append(t2 - t1)
         enc.append(statistics.median(e))
         dec.append(statistics.median(d))
-    return {"codec": kind, "model": model, "n": n, "threads": threads, "encode_s": statistics.mean(enc), "decode_s": statistics.mean(dec),
-            "per_image_encode_s": enc, "per_image_decode_s": dec, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "codec": kind,
+        "model": model,
+        "n": n,
+        "threads": threads,
+        "encode_s": statistics.mean(enc),
+        "decode_s": statistics.mean(dec),
+        "per_image_encode_s": enc,
+        "per_image_decode_s": dec,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -91,7 +100,9 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("-o", "--output", type=Path, default=Path("speed.json"))
     parser.add_argument("--models", help="comma-separated NAME:QUALITY of installed models (default: all)")
-    parser.add_argument("--compressai-python", default=sys.executable, help="Python interpreter that can import compressai")
+    parser.add_argument(
+        "--compressai-python", default=sys.executable, help="Python interpreter that can import compressai"
+    )
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "MODEL", "THREADS"), help=argparse.SUPPRESS)
     parser.add_argument("--images", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -100,9 +111,9 @@ def main() -> None:
         print(json.dumps(worker(kind, model, int(threads), args.images, args.repeats)))
         return
 
+    from mixcodec.data import list_images
     from mixcodec.eval import environment
     from mixcodec.models.registry import installed_models
-    from mixcodec.data import list_images
 
     images = [str(p) for p in list_images(args.dataset)[: args.limit]]
     jobs = [("mixcodec", f"{i.name}:{i.quality}") for i in installed_models()]
@@ -116,20 +127,54 @@ def main() -> None:
     for kind, model in jobs:
         for threads in map(int, args.threads.split(",")):
             python = args.compressai_python if kind == "compressai" else sys.executable
-            cmd = [python, "-W", "ignore", __file__, str(args.dataset), "--repeats", str(args.repeats), "--worker", kind, model, str(threads), "--images", *images]
+            cmd = [
+                python,
+                "-W",
+                "ignore",
+                __file__,
+                str(args.dataset),
+                "--repeats",
+                str(args.repeats),
+                "--worker",
+                kind,
+                model,
+                str(threads),
+                "--images",
+                *images,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = results[-1]
-            print(f"{kind:<11}{model:<14}N={r['n']:<5}threads={threads}  encode {r['encode_s']:.2f} s  decode {r['decode_s']:.2f} s  peak {r['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"{kind:<11}{model:<14}N={r['n']:<5}threads={threads}  "
+                f"encode {r['encode_s']:.2f} s  decode {r['decode_s']:.2f} s  peak {r['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     theirs = {(r["n"], r["threads"]): r for r in results if r["codec"] == "compressai"}
     for r in results:
         ref = theirs.get((r["n"], r["threads"]))
         if r["codec"] == "mixcodec" and ref:
-            print(f"{r['model']} vs compressai cheng2020-attn N={r['n']}, {r['threads']} threads: "
-                  f"decode {ref['decode_s'] / r['decode_s']:.1f}x faster, encode {ref['encode_s'] / r['encode_s']:.1f}x faster")
-    theirs_versions = subprocess.run([args.compressai_python, "-c", "import compressai, torch; print(compressai.__version__, torch.__version__)"],
-                                     capture_output=True, text=True).stdout.strip()
-    args.output.write_text(json.dumps({"environment": environment(), "compressai_torch_versions": theirs_versions, "images": images, "results": results}, indent=1))
+            print(
+                f"{r['model']} vs compressai cheng2020-attn N={r['n']}, {r['threads']} threads: "
+                f"decode {ref['decode_s'] / r['decode_s']:.1f}x faster, "
+                f"encode {ref['encode_s'] / r['encode_s']:.1f}x faster"
+            )
+    theirs_versions = subprocess.run(
+        [args.compressai_python, "-c", "import compressai, torch; print(compressai.__version__, torch.__version__)"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    args.output.write_text(
+        json.dumps(
+            {
+                "environment": environment(),
+                "compressai_torch_versions": theirs_versions,
+                "images": images,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {args.output}")
 
 

@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from mixcodec import codec
+from mixcodec.data import list_images
 from mixcodec.eval import environment
 from mixcodec.losses import bits_per_image
 from mixcodec.models.registry import find_model, load_model
-from mixcodec.data import list_images
 
 
 def main() -> None:
@@ -47,9 +47,24 @@ def main() -> None:
         total_stream += streams
         total_estimate += estimate
         total_header += len(data) - streams
-        print(f"{path.name:<14}{len(data):>9}{len(data) - streams:>9}{streams:>11}{estimate:>12.0f}{streams / estimate:>8.4f}")
-    print(f"{'total':<14}{total_stream + total_header:>9}{total_header:>9}{total_stream:>11}{total_estimate:>12.0f}{total_stream / total_estimate:>8.4f}")
-    print(json.dumps({"model": f"{info.name} q{info.quality}", "schedule": args.schedule, "ratio": total_stream / total_estimate, **environment()}))
+        print(
+            f"{path.name:<14}{len(data):>9}{len(data) - streams:>9}{streams:>11}"
+            f"{estimate:>12.0f}{streams / estimate:>8.4f}"
+        )
+    print(
+        f"{'total':<14}{total_stream + total_header:>9}{total_header:>9}{total_stream:>11}"
+        f"{total_estimate:>12.0f}{total_stream / total_estimate:>8.4f}"
+    )
+    print(
+        json.dumps(
+            {
+                "model": f"{info.name} q{info.quality}",
+                "schedule": args.schedule,
+                "ratio": total_stream / total_estimate,
+                **environment(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

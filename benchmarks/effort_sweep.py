@@ -1,7 +1,8 @@
 """Encoder effort levels: BD-rate vs effort 0 and encode seconds per image, from real files.
 
     nice -n 10 python benchmarks/effort_sweep.py KODAK_DIR --crop 384x256            # the sweep of docs/effort.md
-    nice -n 10 python benchmarks/effort_sweep.py KODAK_DIR --images all --qualities 2,4,6,8 --efforts 0,3 --rows effort-all.csv
+    nice -n 10 python benchmarks/effort_sweep.py KODAK_DIR --images all --qualities 2,4,6,8 --efforts 0,3 \\
+        --rows effort-all.csv
 
 Every image is compressed at every quality and effort level (``mixcodec.compress(...,
 effort=E)``), the bytes decoded with ``mixcodec.decompress`` and PSNR / MS-SSIM measured on
@@ -30,7 +31,11 @@ def _images(dataset: Path, names: str, crop: str | None, folder: Path) -> list[P
 
     from mixcodec.data import list_images
 
-    paths = list_images(dataset) if names == "all" else [dataset / (n if Path(n).suffix else f"{n}.png") for n in names.split(",")]
+    paths = (
+        list_images(dataset)
+        if names == "all"
+        else [dataset / (n if Path(n).suffix else f"{n}.png") for n in names.split(",")]
+    )
     if not crop:
         return paths
     width, height = map(int, crop.split("x"))
@@ -48,12 +53,20 @@ def _images(dataset: Path, names: str, crop: str | None, folder: Path) -> list[P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, help="folder of the images (e.g. Kodak)")
-    parser.add_argument("--images", default="kodim01,kodim05,kodim14,kodim23", help="comma-separated file names (stem or name) in DATASET, or 'all'")
+    parser.add_argument(
+        "--images",
+        default="kodim01,kodim05,kodim14,kodim23",
+        help="comma-separated file names (stem or name) in DATASET, or 'all'",
+    )
     parser.add_argument("--crop", help="code the top-left WxH crop of each image (e.g. 384x256)")
     parser.add_argument("--qualities", default="2,4,6,8", help="comma-separated quality levels")
-    parser.add_argument("--efforts", default="0,1,2,3", help="comma-separated effort levels (0 is the anchor and is always coded)")
+    parser.add_argument(
+        "--efforts", default="0,1,2,3", help="comma-separated effort levels (0 is the anchor and is always coded)"
+    )
     parser.add_argument("--model", default="gllmm", help="installed model name (NAME@VERSION) or weight file")
-    parser.add_argument("--rows", type=Path, default=Path("effort-sweep.csv"), help="CSV of per-file rows (read back, extended)")
+    parser.add_argument(
+        "--rows", type=Path, default=Path("effort-sweep.csv"), help="CSV of per-file rows (read back, extended)"
+    )
     parser.add_argument("-o", "--output", type=Path, default=Path("effort-sweep.json"))
     args = parser.parse_args()
 
@@ -62,7 +75,11 @@ def main() -> None:
     from mixcodec.refine import EFFORT_ITERATIONS
 
     chosen = find_model(args.model)
-    family = read_infos(chosen.path) if args.model.endswith(".safetensors") else [i for i in installed_models() if i.sha256 == chosen.sha256]
+    family = (
+        read_infos(chosen.path)
+        if args.model.endswith(".safetensors")
+        else [i for i in installed_models() if i.sha256 == chosen.sha256]
+    )
     qualities = [float(q) for q in args.qualities.split(",")]
     infos = [i for i in family if float(i.quality) in qualities]
     efforts = sorted({0, *(int(e) for e in args.efforts.split(","))})
@@ -76,10 +93,16 @@ def main() -> None:
             if new:
                 rows += new
                 ev.write_rows(rows, args.rows)
-                print(f"{path.name} e{effort}: " + " ".join(f"q{r.quality:g} {r.bpp:.4f} bpp {r.psnr:.2f} dB {r.encode_s:.1f} s" for r in new), flush=True)
+                print(
+                    f"{path.name} e{effort}: "
+                    + " ".join(f"q{r.quality:g} {r.bpp:.4f} bpp {r.psnr:.2f} dB {r.encode_s:.1f} s" for r in new),
+                    flush=True,
+                )
 
     names = {p.name for p in images}
-    selected = [r for r in rows if r.image in names and r.quality in qualities and r.codec in {c.name for c in codecs.values()}]
+    selected = [
+        r for r in rows if r.image in names and r.quality in qualities and r.codec in {c.name for c in codecs.values()}
+    ]
     curves = ev.mean_curve(selected)
     anchor = curves[codecs[0].name]
     base_seconds = np.mean([r.encode_s for r in selected if r.codec == codecs[0].name])
@@ -88,22 +111,60 @@ def main() -> None:
         points = curves[codec_.name]
         seconds = float(np.mean([r.encode_s for r in selected if r.codec == codec_.name]))
         iterations = EFFORT_ITERATIONS[effort]
-        table.append({
-            "effort": effort, "codec": codec_.name, "iterations": iterations, "files": sum(p["images"] for p in points),
-            "bd_rate_psnr": ev.bd_rate([p["bpp"] for p in anchor], [p["psnr"] for p in anchor], [p["bpp"] for p in points], [p["psnr"] for p in points]),
-            "bd_rate_ms_ssim_db": ev.bd_rate([p["bpp"] for p in anchor], [p["ms_ssim_db"] for p in anchor], [p["bpp"] for p in points], [p["ms_ssim_db"] for p in points]),
-            "encode_s": seconds, "s_per_iteration": (seconds - base_seconds) / iterations if iterations else None,
-            "bpp": [p["bpp"] for p in points], "psnr": [p["psnr"] for p in points],
-        })
+        table.append(
+            {
+                "effort": effort,
+                "codec": codec_.name,
+                "iterations": iterations,
+                "files": sum(p["images"] for p in points),
+                "bd_rate_psnr": ev.bd_rate(
+                    [p["bpp"] for p in anchor],
+                    [p["psnr"] for p in anchor],
+                    [p["bpp"] for p in points],
+                    [p["psnr"] for p in points],
+                ),
+                "bd_rate_ms_ssim_db": ev.bd_rate(
+                    [p["bpp"] for p in anchor],
+                    [p["ms_ssim_db"] for p in anchor],
+                    [p["bpp"] for p in points],
+                    [p["ms_ssim_db"] for p in points],
+                ),
+                "encode_s": seconds,
+                "s_per_iteration": (seconds - base_seconds) / iterations if iterations else None,
+                "bpp": [p["bpp"] for p in points],
+                "psnr": [p["psnr"] for p in points],
+            }
+        )
     environment = ev.environment()
-    print(f"{len(images)} images ({args.images}{', crop ' + args.crop if args.crop else ''}), {args.model} qualities {args.qualities}; {environment}")
-    print(f"{'effort':<8}{'iter':>6}{'files':>7}{'BD PSNR %':>11}{'BD MS-SSIM %':>14}{'enc s/img':>11}{'s/iter':>8}   bpp / PSNR per quality")
+    print(
+        f"{len(images)} images ({args.images}{', crop ' + args.crop if args.crop else ''}), "
+        f"{args.model} qualities {args.qualities}; {environment}"
+    )
+    print(
+        f"{'effort':<8}{'iter':>6}{'files':>7}{'BD PSNR %':>11}{'BD MS-SSIM %':>14}{'enc s/img':>11}{'s/iter':>8}   "
+        "bpp / PSNR per quality"
+    )
     for t in table:
         per_quality = "  ".join(f"{b:.4f}/{p:.2f}" for b, p in zip(t["bpp"], t["psnr"]))
         per_iteration = f"{t['s_per_iteration']:.2f}" if t["s_per_iteration"] is not None else "-"
-        print(f"{t['codec']:<8}{t['iterations']:>6}{t['files']:>7}{t['bd_rate_psnr']:>11.2f}{t['bd_rate_ms_ssim_db']:>14.2f}{t['encode_s']:>11.1f}{per_iteration:>8}   {per_quality}")
-    args.output.write_text(json.dumps({"environment": environment, "images": sorted(names), "crop": args.crop, "model": args.model,
-                                       "qualities": qualities, "table": table, "curves": curves}, indent=1))
+        print(
+            f"{t['codec']:<8}{t['iterations']:>6}{t['files']:>7}{t['bd_rate_psnr']:>11.2f}"
+            f"{t['bd_rate_ms_ssim_db']:>14.2f}{t['encode_s']:>11.1f}{per_iteration:>8}   {per_quality}"
+        )
+    args.output.write_text(
+        json.dumps(
+            {
+                "environment": environment,
+                "images": sorted(names),
+                "crop": args.crop,
+                "model": args.model,
+                "qualities": qualities,
+                "table": table,
+                "curves": curves,
+            },
+            indent=1,
+        )
+    )
     print(f"rows in {args.rows}; wrote {args.output}")
 
 

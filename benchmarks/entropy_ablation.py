@@ -33,12 +33,12 @@ import torch
 from PIL import Image
 
 from mixcodec import codec
+from mixcodec.data import list_images
 from mixcodec.entropy.distributions import ENTROPY_FAMILIES
 from mixcodec.eval import environment
 from mixcodec.models.context_model import ContextMixtureModel
 from mixcodec.models.registry import export, find_model, load_model, read_infos
 from mixcodec.refit import REFIT_MODULES, cached_latents, refit
-from mixcodec.data import list_images
 
 
 def variant(base: ContextMixtureModel, family: str, seed: int) -> ContextMixtureModel:
@@ -79,8 +79,12 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3, help="(from scratch; mixcodec refit starts from trained weights at 3e-4)")
-    parser.add_argument("--check", type=int, default=2, help="files per variant decoded and compared with the encoder's latents")
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="(from scratch; mixcodec refit starts from trained weights at 3e-4)"
+    )
+    parser.add_argument(
+        "--check", type=int, default=2, help="files per variant decoded and compared with the encoder's latents"
+    )
     parser.add_argument("--limit", type=int, help="first images of --kodak only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", type=Path)
@@ -100,31 +104,63 @@ def main() -> None:
 
     rows = []
     shipped_bytes, _ = kodak_bytes(base_info, images, 0)
-    rows.append({"variant": f"{base_info.name} as shipped (trained jointly)", "family": base_info.config.family, "bpp": 8 * shipped_bytes / pixels})
+    rows.append(
+        {
+            "variant": f"{base_info.name} as shipped (trained jointly)",
+            "family": base_info.config.family,
+            "bpp": 8 * shipped_bytes / pixels,
+        }
+    )
     with tempfile.TemporaryDirectory() as folder:
         for family in families:
             start = time.monotonic()
             model = variant(base, family, args.seed)
             trace = refit(model, y_hats, hypers, args.steps, args.batch, args.lr, args.seed)
             path = Path(folder) / f"ablation-{family}.safetensors"
-            export(model.state_dict(), model.config, path, name=f"ablation-{family}", lmbdas=[i.lmbda for i in read_infos(base_info.path)])
+            export(
+                model.state_dict(),
+                model.config,
+                path,
+                name=f"ablation-{family}",
+                lmbdas=[i.lmbda for i in read_infos(base_info.path)],
+            )
             info = read_infos(path)[args.quality - 1]
             total, checked = kodak_bytes(info, images, args.check)
-            rows.append({
-                "variant": f"{family} (retrained here)", "family": family, "params_per_channel": model.spec.params_per_channel,
-                "bpp": 8 * total / pixels, "train_bits_per_element": trace, "decoded_and_checked": checked, "seconds": time.monotonic() - start,
-            })
-            print(f"{family:<20} {rows[-1]['bpp']:.4f} bpp  (training bits/element {trace[0]:.3f} -> {trace[-1]:.3f}, {rows[-1]['seconds']:.0f} s)")
+            rows.append(
+                {
+                    "variant": f"{family} (retrained here)",
+                    "family": family,
+                    "params_per_channel": model.spec.params_per_channel,
+                    "bpp": 8 * total / pixels,
+                    "train_bits_per_element": trace,
+                    "decoded_and_checked": checked,
+                    "seconds": time.monotonic() - start,
+                }
+            )
+            print(
+                f"{family:<20} {rows[-1]['bpp']:.4f} bpp  "
+                f"(training bits/element {trace[0]:.3f} -> {trace[-1]:.3f}, {rows[-1]['seconds']:.0f} s)"
+            )
 
     reference = next((r["bpp"] for r in rows[1:] if r["family"] == "gllmm"), rows[-1]["bpp"])
-    print(f"\n{args.model} q{args.quality}, {len(images)} images of {args.kodak.name}, same ŷ/ẑ/image for every row; "
-          f"{args.steps} steps x {args.batch} crops of {args.crop}x{args.crop} from {args.crops} cached crops")
+    print(
+        f"\n{args.model} q{args.quality}, {len(images)} images of {args.kodak.name}, same ŷ/ẑ/image for every row; "
+        f"{args.steps} steps x {args.batch} crops of {args.crop}x{args.crop} from {args.crops} cached crops"
+    )
     print(f"{'variant':<40}{'params/ch':>10}{'bpp':>9}{'vs gllmm':>10}")
     for r in rows:
-        print(f"{r['variant']:<40}{r.get('params_per_channel', ''):>10}{r['bpp']:>9.4f}{100 * (r['bpp'] / reference - 1):>+9.2f}%")
+        print(
+            f"{r['variant']:<40}{r.get('params_per_channel', ''):>10}{r['bpp']:>9.4f}"
+            f"{100 * (r['bpp'] / reference - 1):>+9.2f}%"
+        )
     if args.output:
-        result = {"model": f"{args.model} q{args.quality}", "images": len(images), "args": {k: str(v) for k, v in vars(args).items()},
-                  "rows": rows, "environment": environment()}
+        result = {
+            "model": f"{args.model} q{args.quality}",
+            "images": len(images),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "rows": rows,
+            "environment": environment(),
+        }
         args.output.write_text(json.dumps(result, indent=1))
 
 

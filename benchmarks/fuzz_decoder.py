@@ -69,7 +69,16 @@ def seeds() -> list[bytes]:
 def header_fields(data: bytes) -> list[tuple[int, str]]:
     """``(offset, struct format)`` of the fixed header fields after the name."""
     at = _NAME_AT + data[5] if len(data) > 5 else _NAME_AT
-    return [(at, ">H"), (at + 10, ">I"), (at + 14, ">I"), (at + 18, ">B"), (at + 19, ">B"), (at + 20, ">H"), (4, ">B"), (5, ">B")]
+    return [
+        (at, ">H"),
+        (at + 10, ">I"),
+        (at + 14, ">I"),
+        (at + 18, ">B"),
+        (at + 19, ">B"),
+        (at + 20, ">H"),
+        (4, ">B"),
+        (5, ">B"),
+    ]
 
 
 @st.composite
@@ -78,7 +87,25 @@ def mutated(draw, files: list[bytes]) -> bytes:
     data = bytearray(draw(st.sampled_from(files))[:-4])
     for _ in range(draw(st.sampled_from([1, 1, 1, 2, 2, 3, 4]))):
         # in-place mutations keep the lengths consistent, so most inputs reach the decoder
-        kind = draw(st.sampled_from(["flip", "flip", "set", "set", "overwrite", "overwrite", "field", "field", "insert", "delete", "truncate", "stream", "swap"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "flip",
+                    "flip",
+                    "set",
+                    "set",
+                    "overwrite",
+                    "overwrite",
+                    "field",
+                    "field",
+                    "insert",
+                    "delete",
+                    "truncate",
+                    "stream",
+                    "swap",
+                ]
+            )
+        )
         where = draw(st.integers(0, max(len(data) - 1, 0)))
         if kind == "flip" and data:
             data[where] ^= 1 << draw(st.integers(0, 7))
@@ -173,9 +200,18 @@ def fuzz(seconds: float, keep: Path, max_pixels: int, hang_seconds: float) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--keep", type=Path, default=ROOT / "tests" / "fuzz_regressions", help="folder for crashing or hanging inputs")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="decode only inputs whose header declares at most this many pixels")
-    parser.add_argument("--hang", type=float, default=HANG_SECONDS, help="seconds after which an input counts as a hang")
+    parser.add_argument(
+        "--keep", type=Path, default=ROOT / "tests" / "fuzz_regressions", help="folder for crashing or hanging inputs"
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help="decode only inputs whose header declares at most this many pixels",
+    )
+    parser.add_argument(
+        "--hang", type=float, default=HANG_SECONDS, help="seconds after which an input counts as a hang"
+    )
     args = parser.parse_args()
     start = time.monotonic()
     stats = fuzz(args.seconds, args.keep, args.max_pixels, args.hang)
@@ -185,11 +221,17 @@ def main() -> None:
     import hypothesis
     import torch
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, python {platform.python_version()}, "
-          f"torch {torch.__version__}, hypothesis {hypothesis.__version__}")
-    print(f"{stats['inputs']} inputs in {elapsed:.0f} s: {stats['parsed']} passed bitstream.parse, {stats['decoded']} decoded to an image "
-          f"(the rest raised a MixcodecError), "
-          f"{len(stats['findings'])} crashes or hangs" + (f", kept in {args.keep}" if stats["findings"] else ""))
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
+        f"python {platform.python_version()}, "
+        f"torch {torch.__version__}, hypothesis {hypothesis.__version__}"
+    )
+    print(
+        f"{stats['inputs']} inputs in {elapsed:.0f} s: {stats['parsed']} passed bitstream.parse, "
+        f"{stats['decoded']} decoded to an image "
+        f"(the rest raised a MixcodecError), "
+        f"{len(stats['findings'])} crashes or hangs" + (f", kept in {args.keep}" if stats["findings"] else "")
+    )
     for digest, finding in stats["findings"].items():
         print(f"  {digest}.mxc: {finding}")
     sys.exit(1 if stats["findings"] else 0)

@@ -35,7 +35,8 @@ import numpy as np
 KATTOLAB_SINGLE = [(0.1254, 0.9716), (0.1487, 0.9755), (0.1999, 0.9813), (0.2424, 0.9845)]
 #: Kattolab's allocation over those four models at 0.15 bpp: (budget bpp, MS-SSIM).
 KATTOLAB_ALLOCATED = (0.15, 0.9761)
-#: The CompressAI curve of the reference file put beside ours (MSE-trained: the file has no MS-SSIM-trained cheng2020-attn).
+#: The CompressAI curve of the reference file put beside ours (MSE-trained: the file has no MS-SSIM-trained
+#: cheng2020-attn).
 REFERENCE_CODEC = "compressai-cheng2020-attn_mse_cuda"
 
 
@@ -59,7 +60,9 @@ def best_single_under(points: list[tuple[float, float]], budget: float) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, help="folder of images (Kodak)")
-    parser.add_argument("--model", default="gllmm-msssim", help="installed MS-SSIM model name, or a .safetensors weight file")
+    parser.add_argument(
+        "--model", default="gllmm-msssim", help="installed MS-SSIM model name, or a .safetensors weight file"
+    )
     parser.add_argument("--weights", type=Path, help="extra folder of weight files to look --model up in")
     parser.add_argument("--reuse", type=Path, nargs="*", default=[], help="rows.csv files to take measured rows from")
     parser.add_argument("--budgets", default="0.10,0.15,0.25", help="comma-separated budgets in bpp over the whole set")
@@ -86,19 +89,36 @@ def main() -> None:
         print(f"coding {coded} files ({len(rows)} reused)", file=sys.stderr)
         rows += ev.evaluate(model, images, done=rows)
     env = ev.environment()
-    print(f"Kattolab track: {model.name} ({infos[0].path.name}, sha256 {infos[0].sha256[:16]}), {len(images)} images of {args.dataset.name}, "
-          f"{len(wanted) - coded} files reused, {coded} coded; mixcodec {env['mixcodec']}, torch {env['torch']}, {env['processor']}")
+    print(
+        f"Kattolab track: {model.name} ({infos[0].path.name}, sha256 {infos[0].sha256[:16]}), "
+        f"{len(images)} images of {args.dataset.name}, "
+        f"{len(wanted) - coded} files reused, {coded} coded; "
+        f"mixcodec {env['mixcodec']}, torch {env['torch']}, {env['processor']}"
+    )
 
     curve = ev.mean_curve(rows)[model.name]
     print("\nsingle qualities (real files):")
     print(f"  {'quality':<8} {'lambda':>7} {'bpp':>7} {'MS-SSIM':>8} {'PSNR':>6}")
     for info, point in zip(infos, sorted(curve, key=lambda p: p["quality"])):
-        print(f"  q{point['quality']:<7g} {info.lmbda:>7.3g} {point['bpp']:>7.4f} {point['ms_ssim']:>8.4f} {point['psnr']:>6.2f}")
+        print(
+            f"  q{point['quality']:<7g} {info.lmbda:>7.3g} {point['bpp']:>7.4f} "
+            f"{point['ms_ssim']:>8.4f} {point['psnr']:>6.2f}"
+        )
         stored = info.kodak
-        if stored.get("set") == args.dataset.name and stored.get("images") == point["images"] and abs(stored["bpp"] - point["bpp"]) > 5e-5:
-            print(f"  warning: q{point['quality']:g} rows give {point['bpp']:.4f} bpp, the weight file measured {stored['bpp']:.4f}: "
-                  "the reused rows may be from other weights")
-    print("  Kattolab (CLIC 2020 validation set, 4 models): " + ", ".join(f"{b:.4f} bpp / {s:.4f}" for b, s in KATTOLAB_SINGLE))
+        if (
+            stored.get("set") == args.dataset.name
+            and stored.get("images") == point["images"]
+            and abs(stored["bpp"] - point["bpp"]) > 5e-5
+        ):
+            print(
+                f"  warning: q{point['quality']:g} rows give {point['bpp']:.4f} bpp, "
+                f"the weight file measured {stored['bpp']:.4f}: "
+                "the reused rows may be from other weights"
+            )
+    print(
+        "  Kattolab (CLIC 2020 validation set, 4 models): "
+        + ", ".join(f"{b:.4f} bpp / {s:.4f}" for b, s in KATTOLAB_SINGLE)
+    )
     low, high = curve[0]["bpp"], curve[-1]["bpp"]
     print(f"  our qualities span {low:.4f} to {high:.4f} bpp on this set")
 
@@ -107,53 +127,99 @@ def main() -> None:
         published = ev.read_reference(args.reference).get(args.reference_codec, [])
         reference = [(p["bpp"], 1 - 10 ** (-p["ms_ssim_db"] / 10)) for p in published if np.isfinite(p["ms_ssim_db"])]
         if reference:
-            trained = " (an MSE-trained model: the file has no MS-SSIM-trained curve of it)" if "_mse" in args.reference_codec else ""
-            print(f"  {args.reference_codec} (published, Kodak){trained}: " + ", ".join(f"{b:.4f} bpp / {s:.4f}" for b, s in reference))
+            trained = (
+                " (an MSE-trained model: the file has no MS-SSIM-trained curve of it)"
+                if "_mse" in args.reference_codec
+                else ""
+            )
+            print(
+                f"  {args.reference_codec} (published, Kodak){trained}: "
+                + ", ".join(f"{b:.4f} bpp / {s:.4f}" for b, s in reference)
+            )
         else:
             print(f"  {args.reference} has no MS-SSIM points of {args.reference_codec}")
 
     table, pixels = al.candidates_from_rows(rows, model.name)
     print("\nallocation maximizing the mean MS-SSIM, one quality per image:")
-    header = f"  {'budget':>6} | {'alloc. bpp':>10} {'MS-SSIM':>8} {'method':>10} {'gap':>7} | {'single':>6} {'bpp':>7} {'MS-SSIM':>8} | {'gain':>7} | {'ref. (interp.)':>14}"
+    header = (
+        f"  {'budget':>6} | {'alloc. bpp':>10} {'MS-SSIM':>8} {'method':>10} {'gap':>7} | "
+        f"{'single':>6} {'bpp':>7} {'MS-SSIM':>8} | {'gain':>7} | {'ref. (interp.)':>14}"
+    )
     print(header)
     results = []
     for budget in map(float, args.budgets.split(",")):
-        ref = float(np.interp(budget, *zip(*reference))) if reference and reference[0][0] <= budget <= reference[-1][0] else None
+        ref = (
+            float(np.interp(budget, *zip(*reference)))
+            if reference and reference[0][0] <= budget <= reference[-1][0]
+            else None
+        )
         ref_text = f"{ref:>14.4f}" if ref is not None else f"{'-':>14}"
         entry = {"budget_bpp": budget, "reference_ms_ssim": ref}
         try:
             report = al.allocate(table, pixels, budget, "ms-ssim")
         except al.InfeasibleBudget as exc:
             entry["infeasible_min_bpp"] = 8 * exc.minimum / sum(pixels)
-            print(f"  {budget:>6.3f} | infeasible: the lowest quality on every image already gives {entry['infeasible_min_bpp']:.4f} bpp | {ref_text}")
+            print(
+                f"  {budget:>6.3f} | infeasible: the lowest quality on every image already gives "
+                f"{entry['infeasible_min_bpp']:.4f} bpp | {ref_text}"
+            )
             results.append(entry)
             continue
         except ValueError as exc:  # e.g. MS-SSIM undefined on small images
             sys.exit(f"kattolab_track: {exc}")
         single = report["best_single_model"]
         top = sum(max(row, key=lambda c: c.ms_ssim).size for row in table)
-        entry.update(allocated={k: report[k] for k in ("bpp", "mean_score", "method", "gap", "bound_mean_score")},
-                     qualities=[table[i][j].quality_index for i, j in enumerate(report["choice"])], best_single=single,
-                     gain=report["mean_score"] - single["mean_score"] if single else None, trivial=top <= report["budget_bytes"])
-        single_text = f"{'q' + str(single['quality']):>6} {single['bpp']:>7.4f} {single['mean_score']:>8.4f} | {entry['gain']:>+7.4f}" if single \
+        entry.update(
+            allocated={k: report[k] for k in ("bpp", "mean_score", "method", "gap", "bound_mean_score")},
+            qualities=[table[i][j].quality_index for i, j in enumerate(report["choice"])],
+            best_single=single,
+            gain=report["mean_score"] - single["mean_score"] if single else None,
+            trivial=top <= report["budget_bytes"],
+        )
+        single_text = (
+            f"{'q' + str(single['quality']):>6} {single['bpp']:>7.4f} {single['mean_score']:>8.4f} | "
+            f"{entry['gain']:>+7.4f}"
+            if single
             else f"{'none':>6} {'-':>7} {'-':>8} | {'-':>7}"
-        print(f"  {budget:>6.3f} | {report['bpp']:>10.4f} {report['mean_score']:>8.4f} {report['method']:>10} {report['gap']:>7.1e} | {single_text} | {ref_text}")
+        )
+        print(
+            f"  {budget:>6.3f} | {report['bpp']:>10.4f} {report['mean_score']:>8.4f} {report['method']:>10} "
+            f"{report['gap']:>7.1e} | {single_text} | {ref_text}"
+        )
         counts = np.bincount(entry["qualities"], minlength=max(entry["qualities"]) + 1)
         print("         chosen: " + ", ".join(f"q{q} x{n}" for q, n in enumerate(counts) if n))
         if entry["trivial"]:
-            print(f"         trivial: every image at its best quality fits ({8 * top / sum(pixels):.4f} bpp), nothing to allocate")
+            print(
+                f"         trivial: every image at its best quality fits ({8 * top / sum(pixels):.4f} bpp), "
+                "nothing to allocate"
+            )
         elif single is None:
             print("         no single quality fits: all images at one quality exceed the budget")
         results.append(entry)
     if reference:
-        print(f"  ref. (interp.): MS-SSIM of {args.reference_codec} at the budget, linear between its points ('-': outside them)")
+        print(
+            f"  ref. (interp.): MS-SSIM of {args.reference_codec} at the budget, "
+            "linear between its points ('-': outside them)"
+        )
     k_budget, k_score = KATTOLAB_ALLOCATED
     k_single = best_single_under(KATTOLAB_SINGLE, k_budget)
-    print(f"  Kattolab (CLIC 2020): {k_budget:.2f} bpp allocated {k_score:.4f} vs best single {k_single[1]:.4f} at {k_single[0]:.4f} bpp "
-          f"({k_score - k_single[1]:+.4f})")
-    output = {"environment": env, "model": model.name, "weights": str(infos[0].path), "sha256": infos[0].sha256, "images": len(images),
-              "single": curve, "allocation": results, "reference_codec": args.reference_codec, "reference": reference,
-              "kattolab": {"single": KATTOLAB_SINGLE, "allocated": KATTOLAB_ALLOCATED}}
+    print(
+        f"  Kattolab (CLIC 2020): {k_budget:.2f} bpp allocated {k_score:.4f} "
+        f"vs best single {k_single[1]:.4f} at {k_single[0]:.4f} bpp "
+        f"({k_score - k_single[1]:+.4f})"
+    )
+    output = {
+        "environment": env,
+        "model": model.name,
+        "weights": str(infos[0].path),
+        "sha256": infos[0].sha256,
+        "images": len(images),
+        "single": curve,
+        "allocation": results,
+        "reference_codec": args.reference_codec,
+        "reference": reference,
+        "kattolab": {"single": KATTOLAB_SINGLE, "allocated": KATTOLAB_ALLOCATED},
+    }
     args.output.write_text(json.dumps(output, indent=1))
     print(f"wrote {args.output}")
 

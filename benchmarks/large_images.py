@@ -61,7 +61,11 @@ def mosaic(folder: Path, megapixels: float) -> np.ndarray:
 
 def _child(args: list[str]) -> dict:
     """Run this script's worker in a fresh process: its JSON result plus its peak RSS (MiB)."""
-    process = subprocess.Popen([sys.executable, __file__, "--worker", *args], stdout=subprocess.PIPE, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--worker", *args],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+    )
     out = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
@@ -114,29 +118,42 @@ def exactness(model: str, threads: int, png: str) -> dict:
     info = find_model(model)
     net = load_model(info)
     array = np.asarray(Image.open(png).convert("RGB"))
-    whole, striped = codec.image_latents(net, array, info.quality, rows=10**6), codec.image_latents(net, array, info.quality)
+    whole, striped = (
+        codec.image_latents(net, array, info.quality, rows=10**6),
+        codec.image_latents(net, array, info.quality),
+    )
     y_hat = whole[0]
     h, w = array.shape[:2]
     a = codec.reconstruct(net, y_hat, info.quality, h, w, rows=10**6).astype(int)
     b = codec.reconstruct(net, y_hat, info.quality, h, w).astype(int)
     return {
         "stripe_rows": tiling.stripe_rows(w + (-w % 64)),
-        "y_max_abs_diff": (whole[0] - striped[0]).abs().max().item(), "z_equal": bool(torch.equal(whole[1], striped[1])),
-        "pixels_max_abs_diff": int(np.abs(a - b).max()), "pixels_differing": float((a != b).mean()),
+        "y_max_abs_diff": (whole[0] - striped[0]).abs().max().item(),
+        "z_equal": bool(torch.equal(whole[1], striped[1])),
+        "pixels_max_abs_diff": int(np.abs(a - b).max()),
+        "pixels_differing": float((a != b).mean()),
     }
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
         kind, model, threads, png, mxc = sys.argv[2:7]
-        print(json.dumps(exactness(model, int(threads), png) if kind == "exactness" else worker(kind, model, int(threads), png, mxc)))
+        print(
+            json.dumps(
+                exactness(model, int(threads), png)
+                if kind == "exactness"
+                else worker(kind, model, int(threads), png, mxc)
+            )
+        )
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="photos to tile (e.g. a training set; any folder of images)")
     parser.add_argument("--megapixels", type=float, nargs="+", default=[3, 12, 48])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="gllmm")
-    parser.add_argument("--exactness", action="store_true", help="also compare whole and striped transforms at the smallest size")
+    parser.add_argument(
+        "--exactness", action="store_true", help="also compare whole and striped transforms at the smallest size"
+    )
     parser.add_argument("-o", "--output", type=Path, default=Path("large_images.json"))
     args = parser.parse_args()
 
@@ -158,9 +175,18 @@ def main() -> None:
             if args.exactness and mp == min(args.megapixels):
                 row["exactness"] = _child(["exactness", *common])
             rows.append(row)
-            print(f"{enc['pixels'] / 1e6:6.1f} Mpixel: read {enc['read_s']:6.2f} s, compress {enc['compress_s']:7.2f} s "
-                  f"({enc['peak_rss_mib']:6.0f} MiB), decompress {dec['decompress_s']:7.2f} s ({dec['peak_rss_mib']:6.0f} MiB)"
-                  + (f"; alone: entropy decoding {dec['stages']['entropy_s']:.2f} s, synthesis {dec['stages']['synthesis_s']:.2f} s" if "stages" in dec else ""), flush=True)
+            print(
+                f"{enc['pixels'] / 1e6:6.1f} Mpixel: read {enc['read_s']:6.2f} s, compress {enc['compress_s']:7.2f} s "
+                f"({enc['peak_rss_mib']:6.0f} MiB), decompress {dec['decompress_s']:7.2f} s "
+                f"({dec['peak_rss_mib']:6.0f} MiB)"
+                + (
+                    f"; alone: entropy decoding {dec['stages']['entropy_s']:.2f} s, "
+                    f"synthesis {dec['stages']['synthesis_s']:.2f} s"
+                    if "stages" in dec
+                    else ""
+                ),
+                flush=True,
+            )
             if "exactness" in row:
                 print("  whole vs striped:", row["exactness"], flush=True)
     by_size = {round(r["megapixels"]): r for r in rows}
@@ -170,15 +196,28 @@ def main() -> None:
         bars["decode / synthesis alone at 12 Mpixel (bar <= 1.3)"] = d["decompress_s"] / d["stages"]["synthesis_s"]
     if 48 in by_size:
         bars["compress peak RSS at 48 Mpixel, GB (bar <= 2.5)"] = by_size[48]["compress"]["peak_rss_mib"] * 2**20 / 1e9
-        bars["decompress peak RSS at 48 Mpixel, GB (bar <= 2.5)"] = by_size[48]["decompress"]["peak_rss_mib"] * 2**20 / 1e9
+        bars["decompress peak RSS at 48 Mpixel, GB (bar <= 2.5)"] = (
+            by_size[48]["decompress"]["peak_rss_mib"] * 2**20 / 1e9
+        )
     if 48 in by_size and 3 in by_size:
         for kind, key in (("compress", "compress_s"), ("decompress", "decompress_s")):
             per = {mp: by_size[mp][kind][key] / by_size[mp]["megapixels"] for mp in (3, 48)}
             bars[f"{kind} time per pixel, 48 / 3 Mpixel (bar <= 1.1)"] = per[48] / per[3]
     for name, value in bars.items():
         print(f"{name}: {value:.2f}")
-    args.output.write_text(json.dumps({"environment": environment(), "model": args.model, "threads": args.threads,
-                                       "folder": str(args.folder), "rows": rows, "bars": bars}, indent=1))
+    args.output.write_text(
+        json.dumps(
+            {
+                "environment": environment(),
+                "model": args.model,
+                "threads": args.threads,
+                "folder": str(args.folder),
+                "rows": rows,
+                "bars": bars,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {args.output}")
 
 

@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 
 from mixcodec import codec
+from mixcodec.data import list_images
 from mixcodec.eval import environment, psnr_rgb
 from mixcodec.models.registry import find_model, load_model
-from mixcodec.data import list_images
 
 BLOCK = 16  # pixels per latent position along each side
 
@@ -38,7 +38,13 @@ BLOCK = 16  # pixels per latent position along each side
 def pca_psnr(array: np.ndarray, components: int) -> float:
     """PSNR of the image's 16x16x3 blocks projected on their own first ``components`` principal components."""
     h, w = (s - s % BLOCK for s in array.shape[:2])
-    blocks = array[:h, :w].astype(np.float64).reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 3 * BLOCK**2)
+    blocks = (
+        array[:h, :w]
+        .astype(np.float64)
+        .reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK, 3)
+        .transpose(0, 2, 1, 3, 4)
+        .reshape(-1, 3 * BLOCK**2)
+    )
     centred = blocks - blocks.mean(0)
     basis = np.linalg.svd(centred, full_matrices=False)[2][:components]
     error = centred - centred @ basis.T @ basis
@@ -56,7 +62,10 @@ def main() -> None:
     net = load_model(info)
     qualities = [float(q) for q in args.qualities.split(",")]
     m = info.config.m
-    columns = [f"q{q:g} {kind}" for q in qualities for kind in ("unquantized", "rounded")] + [f"PCA-{m}", f"PCA-{2 * m}"]
+    columns = [f"q{q:g} {kind}" for q in qualities for kind in ("unquantized", "rounded")] + [
+        f"PCA-{m}",
+        f"PCA-{2 * m}",
+    ]
     print(f"{info.name} (N={info.config.n}, M={m}); PSNR-RGB in dB")
     print(f"{'image':<14}" + "".join(f"{c:>17}" for c in columns))
     results = []

@@ -24,11 +24,10 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from photos import phone_exif, phone_jpeg, stored_for, xmp_packet  # noqa: E402
-
 from mixcodec import bitstream, codec  # noqa: E402
 from mixcodec.eval import environment  # noqa: E402
 from mixcodec.models.registry import find_model  # noqa: E402
+from photos import phone_exif, phone_jpeg, stored_for, xmp_packet  # noqa: E402
 
 PHONE_PIXELS = 4032 * 3024
 
@@ -42,7 +41,9 @@ def main() -> None:
     with Image.open(args.image) as im:
         display = im.convert("RGB")
     array = np.asarray(display)
-    small = np.asarray(display.resize((160, 120) if display.width >= display.height else (120, 160), Image.Resampling.LANCZOS))
+    small = np.asarray(
+        display.resize((160, 120) if display.width >= display.height else (120, 160), Image.Resampling.LANCZOS)
+    )
     rows = []
     for orientation in (6, 1):
         thumb = io.BytesIO()  # stored the way the camera stores the pixels
@@ -60,19 +61,37 @@ def main() -> None:
                 assert len(kept) - len(stripped) == metadata.size()
                 kodak_bpp = info.kodak.get("bpp", 8 * len(stripped) / (array.shape[0] * array.shape[1]))
                 phone_bytes = kodak_bpp * PHONE_PIXELS / 8
-                rows.append({
-                    "orientation": orientation, "quality": quality, "jpeg_icc": len(photo.info["icc_profile"]),
-                    "jpeg_exif": len(photo.info["exif"]), "jpeg_xmp": len(photo.info["xmp"]), "mxc_icc": len(metadata.icc_profile),
-                    "mxc_exif": len(metadata.exif), "mxc_xmp": len(metadata.xmp), "section": metadata.size(), "file_stripped": len(stripped),
-                    "file_kept": len(kept), "added_pct": 100 * metadata.size() / len(stripped), "kodak_bpp": kodak_bpp,
-                    "phone_12mp_added_pct": 100 * metadata.size() / phone_bytes, "encode_s": seconds,
-                })
-    header = f"{'orient':>6}{'q':>5}{'JPEG icc/exif/xmp B':>22}{'mxc icc/exif/xmp B':>21}{'section B':>10}{'stripped B':>11}{'kept B':>8}{'added':>8}{'12 MP at Kodak bpp':>20}"
+                rows.append(
+                    {
+                        "orientation": orientation,
+                        "quality": quality,
+                        "jpeg_icc": len(photo.info["icc_profile"]),
+                        "jpeg_exif": len(photo.info["exif"]),
+                        "jpeg_xmp": len(photo.info["xmp"]),
+                        "mxc_icc": len(metadata.icc_profile),
+                        "mxc_exif": len(metadata.exif),
+                        "mxc_xmp": len(metadata.xmp),
+                        "section": metadata.size(),
+                        "file_stripped": len(stripped),
+                        "file_kept": len(kept),
+                        "added_pct": 100 * metadata.size() / len(stripped),
+                        "kodak_bpp": kodak_bpp,
+                        "phone_12mp_added_pct": 100 * metadata.size() / phone_bytes,
+                        "encode_s": seconds,
+                    }
+                )
+    header = (
+        f"{'orient':>6}{'q':>5}{'JPEG icc/exif/xmp B':>22}{'mxc icc/exif/xmp B':>21}{'section B':>10}"
+        f"{'stripped B':>11}{'kept B':>8}{'added':>8}{'12 MP at Kodak bpp':>20}"
+    )
     print(f"{args.image.name}, {array.shape[1]}x{array.shape[0]}, {args.model}")
     print(header)
     for r in rows:
-        print(f"{r['orientation']:>6}{r['quality']:>5g}{r['jpeg_icc']:>8}/{r['jpeg_exif']}/{r['jpeg_xmp']:<6}{r['mxc_icc']:>8}/{r['mxc_exif']}/{r['mxc_xmp']:<6}"
-              f"{r['section']:>9}{r['file_stripped']:>11}{r['file_kept']:>8}{r['added_pct']:>7.1f}%{r['phone_12mp_added_pct']:>10.2f}% of {r['kodak_bpp']:.3f} bpp")
+        print(
+            f"{r['orientation']:>6}{r['quality']:>5g}{r['jpeg_icc']:>8}/{r['jpeg_exif']}/{r['jpeg_xmp']:<6}{r['mxc_icc']:>8}/{r['mxc_exif']}/{r['mxc_xmp']:<6}"
+            f"{r['section']:>9}{r['file_stripped']:>11}{r['file_kept']:>8}{r['added_pct']:>7.1f}%"
+            f"{r['phone_12mp_added_pct']:>10.2f}% of {r['kodak_bpp']:.3f} bpp"
+        )
     print(json.dumps({"image": args.image.name, "model": args.model, "rows": rows, **environment()}))
 
 

@@ -34,13 +34,19 @@ _ENTROPY_STAGES = {
 STAGES = {
     "encode": {
         "analysis": ("codec.py", "image_latents"),
-        "hyper (z coding + integer h_s)": [("context_coding.py", "IntegerHyperprior.compress"), ("context_coding.py", "IntegerHyperprior.hyper")],
+        "hyper (z coding + integer h_s)": [
+            ("context_coding.py", "IntegerHyperprior.compress"),
+            ("context_coding.py", "IntegerHyperprior.hyper"),
+        ],
         **_ENTROPY_STAGES,
         "range coder": [("coding.py", "encode_symbols"), ("coding.py", "encode_table_symbols")],
     },
     "decode": {
         "synthesis": ("codec.py", "reconstruct"),
-        "hyper (z coding + integer h_s)": [("context_coding.py", "IntegerHyperprior.decompress"), ("context_coding.py", "IntegerHyperprior.hyper")],
+        "hyper (z coding + integer h_s)": [
+            ("context_coding.py", "IntegerHyperprior.decompress"),
+            ("context_coding.py", "IntegerHyperprior.hyper"),
+        ],
         **_ENTROPY_STAGES,
         "range coder": [("coding.py", "decode_symbols"), ("coding.py", "decode_table_symbols")],
     },
@@ -64,7 +70,10 @@ def cumulative(stats: pstats.Stats, targets) -> float:
     resolved = [(f, n.rpartition(".")[2], _first_line(f, n)) for f, n in targets]
     total = 0.0
     for (filename, line, name), (_, _, _, cum, _) in stats.stats.items():
-        if any(filename.endswith(f) and name == n and line in (first, line if first is None else first) for f, n, first in resolved):
+        if any(
+            filename.endswith(f) and name == n and line in (first, line if first is None else first)
+            for f, n, first in resolved
+        ):
             total += cum
     return total
 
@@ -86,9 +95,9 @@ def main() -> None:
     from PIL import Image
 
     from mixcodec import codec
+    from mixcodec.data import list_images
     from mixcodec.eval import environment
     from mixcodec.models.registry import find_model, load_model
-    from mixcodec.data import list_images
 
     torch.set_num_threads(args.threads)
     info = find_model(args.model, args.quality)
@@ -97,7 +106,10 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).parent))
         from large_images import mosaic
 
-        images, arrays = [f"mosaic of {args.megapixels:g} Mpixel from {args.dataset}"], [mosaic(args.dataset, args.megapixels)]
+        images, arrays = (
+            [f"mosaic of {args.megapixels:g} Mpixel from {args.dataset}"],
+            [mosaic(args.dataset, args.megapixels)],
+        )
     else:
         images = list_images(args.dataset)[: args.limit]
         arrays = [np.asarray(Image.open(path).convert("RGB")) for path in images]
@@ -131,18 +143,36 @@ def main() -> None:
         t3 = time.perf_counter()
         for key, seconds in zip(alone, (t1 - t0, t2 - t1, t3 - t2)):
             alone[key] += seconds / len(files)
-    print(f"{info.name} q{info.quality} (N={info.config.n}), {len(images)} images, {args.threads} thread(s); seconds per image (under cProfile)")
+    print(
+        f"{info.name} q{info.quality} (N={info.config.n}), {len(images)} images, {args.threads} thread(s); "
+        "seconds per image (under cProfile)"
+    )
     for kind, stages in report.items():
         print(f"{kind}: {stages['total_s']:.2f} s")
         for stage, seconds in stages.items():
             if stage != "total_s":
                 print(f"  {stage:<32}{seconds:6.2f} s  {100 * seconds / stages['total_s']:5.1f}%")
     sequential = alone["entropy decoding alone"] + alone["synthesis alone"]
-    print(f"decode, wall clock without cProfile: entropy decoding alone {alone['entropy decoding alone']:.2f} s, synthesis alone "
-          f"{alone['synthesis alone']:.2f} s, sum (sequential) {sequential:.2f} s; decompress {alone['decompress']:.2f} s "
-          f"= {alone['decompress'] / alone['synthesis alone']:.2f}x the synthesis alone, {alone['decompress'] / sequential:.2f}x the sum")
-    args.output.write_text(json.dumps({"environment": environment(), "model": f"{info.name}:{info.quality}", "threads": args.threads,
-                                       "images": [str(p) for p in images], "breakdown": report, "decode_wall_s": alone}, indent=1))
+    print(
+        f"decode, wall clock without cProfile: entropy decoding alone {alone['entropy decoding alone']:.2f} s, "
+        f"synthesis alone {alone['synthesis alone']:.2f} s, sum (sequential) {sequential:.2f} s; "
+        f"decompress {alone['decompress']:.2f} s "
+        f"= {alone['decompress'] / alone['synthesis alone']:.2f}x the synthesis alone, "
+        f"{alone['decompress'] / sequential:.2f}x the sum"
+    )
+    args.output.write_text(
+        json.dumps(
+            {
+                "environment": environment(),
+                "model": f"{info.name}:{info.quality}",
+                "threads": args.threads,
+                "images": [str(p) for p in images],
+                "breakdown": report,
+                "decode_wall_s": alone,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {args.output}")
 
 

@@ -30,9 +30,9 @@ import tempfile
 from pathlib import Path
 
 from mixcodec import eval as ev
+from mixcodec.data import list_images
 from mixcodec.models.registry import export
 from mixcodec.models.transforms import BACKBONES
-from mixcodec.data import list_images
 from mixcodec.train import TrainConfig, train
 
 
@@ -47,7 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="training images")
     parser.add_argument("--kodak", type=Path, required=True, help="evaluation images (real files)")
-    parser.add_argument("--runs", type=Path, required=True, help="folder for the two training runs (kept; a rerun continues them)")
+    parser.add_argument(
+        "--runs", type=Path, required=True, help="folder for the two training runs (kept; a rerun continues them)"
+    )
     parser.add_argument("--backbones", default="residual,crm")
     parser.add_argument("--family", default="gllmm")
     parser.add_argument("--n", type=int, default=32)
@@ -73,24 +75,48 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for backbone in backbones:
             cfg = TrainConfig(
-                architecture="gllmm", backbone=backbone, family=args.family, n=args.n, m=args.m, lmbdas=lmbdas, balance_levels=True,
-                crop=args.crop, batch=args.batch, steps=args.steps, lr=args.lr, lr_final=args.lr, threads=args.threads,
-                checkpoint_minutes=5.0, log_every=max(1, min(50, args.steps // 10)), seed=args.seed,
+                architecture="gllmm",
+                backbone=backbone,
+                family=args.family,
+                n=args.n,
+                m=args.m,
+                lmbdas=lmbdas,
+                balance_levels=True,
+                crop=args.crop,
+                batch=args.batch,
+                steps=args.steps,
+                lr=args.lr,
+                lr_final=args.lr,
+                threads=args.threads,
+                checkpoint_minutes=5.0,
+                log_every=max(1, min(50, args.steps // 10)),
+                seed=args.seed,
             )
             run = args.runs / backbone
             model = train(cfg, args.data, run, resume=True)
-            infos = export(model.state_dict(), model.config, Path(folder) / f"{backbone}.safetensors", name=backbone, lmbdas=lmbdas, metric="mse")
+            infos = export(
+                model.state_dict(),
+                model.config,
+                Path(folder) / f"{backbone}.safetensors",
+                name=backbone,
+                lmbdas=lmbdas,
+                metric="mse",
+            )
             rows = ev.evaluate(ev.learned_codec(infos), images)
             curves[backbone] = ev.mean_curve(rows)[backbone]
             runs[backbone] = {
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "transform_parameters": sum(p.numel() for name, p in model.named_parameters() if name.startswith(("g_a.", "g_s."))),
+                "transform_parameters": sum(
+                    p.numel() for name, p in model.named_parameters() if name.startswith(("g_a.", "g_s."))
+                ),
                 "seconds_per_step": seconds_per_step(run / "log.csv"),
                 "config": dataclasses.asdict(cfg),
             }
 
-    print(f"\n{args.steps} steps x {args.batch} crops of {args.crop}x{args.crop}, N={args.n}, {args.family}; "
-          f"{len(images)} images of {args.kodak.name}, real files")
+    print(
+        f"\n{args.steps} steps x {args.batch} crops of {args.crop}x{args.crop}, N={args.n}, {args.family}; "
+        f"{len(images)} images of {args.kodak.name}, real files"
+    )
     print(f"{'backbone':<10}{'transform params':>18}{'s/step':>8}   bpp / PSNR / MS-SSIM per quality")
     for backbone, points in curves.items():
         run = runs[backbone]
@@ -102,8 +128,14 @@ def main() -> None:
         bd = ev.bd_table(curves)[other][anchor]
         print(f"BD-rate of {other} vs {anchor}: {bd['psnr']:+.1f} % (PSNR), {bd['ms_ssim_db']:+.1f} % (MS-SSIM dB)")
     if args.output:
-        result = {"images": len(images), "args": {k: str(v) for k, v in vars(args).items()}, "curves": curves, "runs": runs,
-                  "bd_rate": bd, "environment": ev.environment()}
+        result = {
+            "images": len(images),
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "curves": curves,
+            "runs": runs,
+            "bd_rate": bd,
+            "environment": ev.environment(),
+        }
         args.output.write_text(json.dumps(result, indent=1))
 
 

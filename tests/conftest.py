@@ -22,7 +22,9 @@ def tiny_model(tmp_path_factory):
             torch.manual_seed(len(cache))
             config = ModelConfig(backbone=backbone, family=family, n=8, m=m, hidden=(24, 32))
             model = ContextMixtureModel(config)
-            path = folder / f"{backbone}-{family}-m{config.m}" / "tiny.safetensors"  # a folder each: $MIXCODEC_MODELS sees one "tiny"
+            path = (
+                folder / f"{backbone}-{family}-m{config.m}" / "tiny.safetensors"
+            )  # a folder each: $MIXCODEC_MODELS sees one "tiny"
             path.parent.mkdir()
             (cache[key],) = export(model.state_dict(), config, path, name="tiny", lmbdas=[0.01])
         return cache[key]

@@ -34,7 +34,11 @@ def random_instance(seed, max_images=5, max_options=5, max_cost=40):
     images, options = rng.integers(1, max_images), rng.integers(1, max_options)
     costs = rng.integers(0, max_cost, (images, options)).tolist()
     # coarse scores make ties frequent (every other seed), fine ones make hulls with many points
-    scores = (rng.integers(0, 4, (images, options)) * 0.5).tolist() if seed % 2 else rng.normal(size=(images, options)).tolist()
+    scores = (
+        (rng.integers(0, 4, (images, options)) * 0.5).tolist()
+        if seed % 2
+        else rng.normal(size=(images, options)).tolist()
+    )
     return costs, scores, int(rng.integers(0, max_cost * images))
 
 
@@ -146,58 +150,93 @@ def test_5000_images_of_8_candidates():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "mixcodec.cli", *map(str, args)], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mixcodec.cli", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_allocate_cli_meets_the_budget_and_reports_infeasible_targets(tiny_ladder, tmp_path):
     import json
 
-    from conftest import smooth_image
     from PIL import Image
+
+    from conftest import smooth_image
 
     data = tmp_path / "images"
     data.mkdir()
     for i in range(3):
         Image.fromarray(smooth_image(64, 64 + 32 * i, seed=i)).save(data / f"{i}.png")
-    proc = run_cli("allocate", data, "--target-bpp", "100", "--metric", "psnr", "--models", "ladder", "-o", tmp_path / "big")
+    proc = run_cli(
+        "allocate", data, "--target-bpp", "100", "--metric", "psnr", "--models", "ladder", "-o", tmp_path / "big"
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "big" / "allocation.json").read_text())
     written = sum(f.stat().st_size for f in (tmp_path / "big").glob("*.mxc"))
     assert report["bytes"] == written <= report["budget_bytes"]
     assert len(report["images"]) == 3 and report["best_single_model"] is not None
     assert report["method"] == "dp" and report["gap"] == 0 and "method: dp (exact optimum)" in proc.stdout
-    middle = 8 * (report["bytes"] + report["best_single_model"]["bytes"]) / 2 / sum(64 * (64 + 32 * i) for i in range(3))
-    proc = run_cli("allocate", data, "--target-bpp", middle, "--metric", "psnr", "--models", "ladder", "--method", "lagrangian", "-o", tmp_path / "mid")
+    middle = (
+        8 * (report["bytes"] + report["best_single_model"]["bytes"]) / 2 / sum(64 * (64 + 32 * i) for i in range(3))
+    )
+    proc = run_cli(
+        "allocate",
+        data,
+        "--target-bpp",
+        middle,
+        "--metric",
+        "psnr",
+        "--models",
+        "ladder",
+        "--method",
+        "lagrangian",
+        "-o",
+        tmp_path / "mid",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "mid" / "allocation.json").read_text())
     assert report["method"] == "lagrangian" and report["gap"] >= 0 and "method: lagrangian, gap" in proc.stdout
     assert report["bytes"] == sum(f.stat().st_size for f in (tmp_path / "mid").glob("*.mxc")) <= report["budget_bytes"]
     assert report["mean_score"] <= report["bound_mean_score"]
-    proc = run_cli("allocate", data, "--target-bpp", "0.001", "--metric", "psnr", "--models", "ladder", "-o", tmp_path / "none")
+    proc = run_cli(
+        "allocate", data, "--target-bpp", "0.001", "--metric", "psnr", "--models", "ladder", "-o", tmp_path / "none"
+    )
     assert proc.returncode == 2 and "infeasible" in proc.stderr and "bpp" in proc.stderr
-    proc = run_cli("allocate", data, "--target-bpp", "100", "--metric", "ms-ssim", "--models", "ladder", "-o", tmp_path / "small")
+    proc = run_cli(
+        "allocate", data, "--target-bpp", "100", "--metric", "ms-ssim", "--models", "ladder", "-o", tmp_path / "small"
+    )
     assert proc.returncode == 2 and "finite" in proc.stderr  # MS-SSIM is undefined on images this small
 
 
 def test_compress_max_bytes_picks_the_highest_quality_that_fits(tiny_ladder, tmp_path):
-    from conftest import smooth_image
     from PIL import Image
 
+    from conftest import smooth_image
     from mixcodec.bitstream import parse
 
     Image.fromarray(smooth_image(64, 96)).save(tmp_path / "a.png")
     sizes = {}
     for q in (1, 2):
-        assert run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--quality", q, "-o", tmp_path / f"q{q}.mxc").returncode == 0
+        assert (
+            run_cli(
+                "compress", tmp_path / "a.png", "--model", "ladder", "--quality", q, "-o", tmp_path / f"q{q}.mxc"
+            ).returncode
+            == 0
+        )
         sizes[q] = (tmp_path / f"q{q}.mxc").stat().st_size
     assert sizes[1] < sizes[2]
     limit = (sizes[1] + sizes[2]) // 2
-    proc = run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--max-bytes", limit, "-o", tmp_path / "fit.mxc")
+    proc = run_cli(
+        "compress", tmp_path / "a.png", "--model", "ladder", "--max-bytes", limit, "-o", tmp_path / "fit.mxc"
+    )
     assert proc.returncode == 0, proc.stderr
     fit = (tmp_path / "fit.mxc").read_bytes()
     quality = parse(fit)[0].quality
-    assert sizes[1] <= len(fit) <= limit and 1 <= quality < 2 and quality * 64 == int(quality * 64)  # between the levels, to 1/64
-    finer = run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--quality", quality + 1 / 64, "-o", tmp_path / "finer.mxc")
+    assert (
+        sizes[1] <= len(fit) <= limit and 1 <= quality < 2 and quality * 64 == int(quality * 64)
+    )  # between the levels, to 1/64
+    finer = run_cli(
+        "compress", tmp_path / "a.png", "--model", "ladder", "--quality", quality + 1 / 64, "-o", tmp_path / "finer.mxc"
+    )
     assert finer.returncode == 0 and (tmp_path / "finer.mxc").stat().st_size > limit  # the next step up does not fit
     proc = run_cli("compress", tmp_path / "a.png", "--model", "ladder", "--max-bytes", 10, "-o", tmp_path / "none.mxc")
     assert proc.returncode == 2 and "lowest quality" in proc.stderr
@@ -213,14 +252,42 @@ def test_benchmark_from_measured_rows_never_exceeds_the_budget(tmp_path):
         pixels = 1000 * (i + 1)
         for q in (1, 2, 3):
             size = int(pixels * q * rng.uniform(0.02, 0.06))
-            rows.append(Row("m", float(q), f"{i}.png", size, 8 * size / pixels, 25 + 3 * q + rng.normal(), 1 - 0.1 / q, 10.0, 0.0, 0.0))
+            rows.append(
+                Row(
+                    "m",
+                    float(q),
+                    f"{i}.png",
+                    size,
+                    8 * size / pixels,
+                    25 + 3 * q + rng.normal(),
+                    1 - 0.1 / q,
+                    10.0,
+                    0.0,
+                    0.0,
+                )
+            )
     rows.append(Row("m", 1.0, "lacks-qualities.png", 10, 0.1, 20.0, 0.5, 3.0, 0.0, 0.0))
     write_rows(rows, tmp_path / "rows.csv")
     table, pixels = allocate.candidates_from_rows(read_rows(tmp_path / "rows.csv"), "m")
     assert len(table) == 6 and pixels == [1000 * (i + 1) for i in range(6)]
     script = BENCHMARKS / "allocation.py"
-    proc = subprocess.run([sys.executable, str(script), "--rows", str(tmp_path / "rows.csv"), "--codec", "m", "--budgets", "0.1,0.5,0.9",
-                           "-o", str(tmp_path / "a.json")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--rows",
+            str(tmp_path / "rows.csv"),
+            "--codec",
+            "m",
+            "--budgets",
+            "0.1,0.5,0.9",
+            "-o",
+            str(tmp_path / "a.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "a.json").read_text())["results"]
     assert len(results) == 6, proc.stdout
@@ -232,8 +299,23 @@ def test_benchmark_from_measured_rows_never_exceeds_the_budget(tmp_path):
 
 def test_scale_benchmark_reports_gaps_that_hold(tmp_path):
     """benchmarks/allocation_scale.py: within budget, and the DP optimum within each reported gap."""
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "allocation_scale.py"), "--sizes", "20,300", "--budgets", "0.15,0.4",
-                           "--dp-max-cells", "3e7", "-o", str(tmp_path / "s.json")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "allocation_scale.py"),
+            "--sizes",
+            "20,300",
+            "--budgets",
+            "0.15,0.4",
+            "--dp-max-cells",
+            "3e7",
+            "-o",
+            str(tmp_path / "s.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads((tmp_path / "s.json").read_text())["results"]
     assert len(rows) == 8 and any("dp_s" in r for r in rows) and any(r["auto_method"] == "lagrangian" for r in rows)
@@ -257,10 +339,39 @@ def test_kattolab_track_from_reused_rows(tiny_ladder, tmp_path):
         Image.new("RGB", (8, 8)).save(data / f"{i}.png")  # only listed: every row is reused
         for q in (1, 2):
             size = 1000 * q + 300 * i
-            rows.append(Row("ladder", float(q), f"{i}.png", size, 8 * size / 40_000, 25.0 + q, 0.9 + 0.02 * q + 0.01 * i, 10.0, 0.0, 0.0))
+            rows.append(
+                Row(
+                    "ladder",
+                    float(q),
+                    f"{i}.png",
+                    size,
+                    8 * size / 40_000,
+                    25.0 + q,
+                    0.9 + 0.02 * q + 0.01 * i,
+                    10.0,
+                    0.0,
+                    0.0,
+                )
+            )
     write_rows(rows, tmp_path / "rows.csv")
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "kattolab_track.py"), str(data), "--model", "ladder", "--reuse", str(tmp_path / "rows.csv"),
-                           "--budgets", "0.1,0.35", "-o", str(tmp_path / "k.json")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "kattolab_track.py"),
+            str(data),
+            "--model",
+            "ladder",
+            "--reuse",
+            str(tmp_path / "rows.csv"),
+            "--budgets",
+            "0.1,0.35",
+            "-o",
+            str(tmp_path / "k.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "0 coded" in proc.stdout and "infeasible" in proc.stdout and "Kattolab" in proc.stdout
     report = json.loads((tmp_path / "k.json").read_text())

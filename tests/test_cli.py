@@ -9,8 +9,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import smooth_image
 from PIL import Image
+
+from conftest import smooth_image
 
 
 def mixcodec(*args, env_models=None, timeout=120):
@@ -18,7 +19,13 @@ def mixcodec(*args, env_models=None, timeout=120):
     if env_models is not None:
         env["MIXCODEC_MODELS"] = str(env_models)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "mixcodec.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mixcodec.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     proc.seconds = time.monotonic() - start
     return proc
 
@@ -114,7 +121,10 @@ def test_transparent_images_are_refused_and_grayscale_round_trips(installed_tiny
     assert_one_line_error(mixcodec("compress", tmp_path / "alpha.png", "--model", "tiny", env_models=models))
     Image.fromarray(smooth_image(30, 40)[:, :, 0]).save(tmp_path / "gray.png")
     assert mixcodec("compress", tmp_path / "gray.png", "--model", "tiny", env_models=models).returncode == 0
-    assert mixcodec("decompress", tmp_path / "gray.mxc", "-o", tmp_path / "gray-out.png", env_models=models).returncode == 0
+    assert (
+        mixcodec("decompress", tmp_path / "gray.mxc", "-o", tmp_path / "gray-out.png", env_models=models).returncode
+        == 0
+    )
     assert Image.open(tmp_path / "gray-out.png").mode == "L"
 
 
@@ -122,7 +132,15 @@ def test_several_files_to_an_output_folder(installed_tiny, tmp_path):
     models = installed_tiny.path.parent
     for i in range(3):
         Image.fromarray(smooth_image(20 + i, 30, seed=i)).save(tmp_path / f"{i}.png")
-    proc = mixcodec("compress", *(tmp_path / f"{i}.png" for i in range(3)), "--out-dir", tmp_path / "out", "--model", "tiny", env_models=models)
+    proc = mixcodec(
+        "compress",
+        *(tmp_path / f"{i}.png" for i in range(3)),
+        "--out-dir",
+        tmp_path / "out",
+        "--model",
+        "tiny",
+        env_models=models,
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.mxc", "1.mxc", "2.mxc"]
 
@@ -131,7 +149,10 @@ def test_models_lists_each_installed_model_with_its_numbers(tiny_ladder):
     proc = mixcodec("models")
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("ladder")]
-    assert [r[:5] for r in rows] == [["ladder", "1*", "1", "8", "8"], ["ladder", "1*", "2", "8", "8"]]  # one file (version 1), two qualities; N, M
+    assert [r[:5] for r in rows] == [
+        ["ladder", "1*", "1", "8", "8"],
+        ["ladder", "1*", "2", "8", "8"],
+    ]  # one file (version 1), two qualities; N, M
     assert all(r[7:10] == ["-", "-", "-"] for r in rows)  # not measured
     assert all(float(r[10]) > 0 and len(r[11]) == 16 for r in rows)  # MB, digest prefix
 
@@ -143,12 +164,28 @@ def test_decompress_with_an_explicit_weight_file(encoded, tmp_path):
     from mixcodec.models.registry import export
 
     _, mxc, models = encoded
-    proc = mixcodec("decompress", mxc, "-o", tmp_path / "o.png", "--model", models / "tiny.safetensors", env_models=tmp_path / "empty")
+    proc = mixcodec(
+        "decompress",
+        mxc,
+        "-o",
+        tmp_path / "o.png",
+        "--model",
+        models / "tiny.safetensors",
+        env_models=tmp_path / "empty",
+    )
     assert proc.returncode == 0, proc.stderr
     torch.manual_seed(99)  # other weights: refused in one line naming both
     config = ModelConfig(n=8, hidden=(24, 32))
     export(ContextMixtureModel(config).state_dict(), config, tmp_path / "other.safetensors", name="tiny", lmbdas=[0.01])
-    proc = mixcodec("decompress", mxc, "-o", tmp_path / "p.png", "--model", tmp_path / "other.safetensors", env_models=tmp_path / "empty")
+    proc = mixcodec(
+        "decompress",
+        mxc,
+        "-o",
+        tmp_path / "p.png",
+        "--model",
+        tmp_path / "other.safetensors",
+        env_models=tmp_path / "empty",
+    )
     assert_one_line_error(proc)
     assert "not with tiny" in proc.stderr and not (tmp_path / "p.png").exists()
 
@@ -158,7 +195,9 @@ def test_missing_weights_say_which_and_where(tmp_path):
     from mixcodec.models import releases
 
     release = next(r for r in releases.catalog() if r.name == "gllmm" and r.version == 6)
-    header = Header("gllmm", 4, bytes.fromhex(release.legacy_digests[0])[:8], 16, 16, "RGB", "wavefront", np.arange(0), 128)
+    header = Header(
+        "gllmm", 4, bytes.fromhex(release.legacy_digests[0])[:8], 16, 16, "RGB", "wavefront", np.arange(0), 128
+    )
     (tmp_path / "old.mxc").write_bytes(pack(header, b"", b""))
     proc = mixcodec("decompress", tmp_path / "old.mxc", "-o", tmp_path / "old.png", env_models="")
     assert_one_line_error(proc)

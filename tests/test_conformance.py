@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from mixcodec.entropy.distributions import ENTROPY_FAMILIES
 from mixcodec.models.registry import DEFAULT_MODEL, model_folders, read_infos
 from mixcodec.models.transforms import BACKBONES
-from mixcodec.entropy.distributions import ENTROPY_FAMILIES
 
 
 def _load_make():

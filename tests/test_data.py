@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_image
 from PIL import Image
-from test_train import tiny_config
 
+from conftest import smooth_image
 from mixcodec.data import CropSampler, pack_crops
 from mixcodec.train import atomic_save, checkpoint_exists, load_checkpoint, resolve_device, train
+from test_train import tiny_config
 
 
 @pytest.fixture()
@@ -32,7 +32,12 @@ def test_packed_crops_fit_the_budget_and_come_from_the_images(photos):
     sources = [np.asarray(Image.open(photos / f"{i}.png")) for i in range(2)]
 
     def found(crop):
-        return any((s[y : y + 64, x : x + 64] == crop).all() for s in sources for y in range(s.shape[0] - 63) for x in range(s.shape[1] - 63))
+        return any(
+            (s[y : y + 64, x : x + 64] == crop).all()
+            for s in sources
+            for y in range(s.shape[0] - 63)
+            for x in range(s.shape[1] - 63)
+        )
 
     assert all(found(c) for c in crops[:3])
     assert np.array_equal(crops, pack_crops(photos, size=64, max_bytes=10 * 64 * 64 * 3 + 100, seed=3))
@@ -42,11 +47,28 @@ def test_packed_crops_fit_the_budget_and_come_from_the_images(photos):
 
 def test_pack_command_and_training_from_the_packed_file(photos, tmp_path):
     packed = tmp_path / "crops.npy"
-    run = subprocess.run([sys.executable, "-m", "mixcodec.cli", "pack", str(photos), "-o", str(packed), "--size", "64", "--max-mb", "0.1"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mixcodec.cli",
+            "pack",
+            str(photos),
+            "-o",
+            str(packed),
+            "--size",
+            "64",
+            "--max-mb",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert packed.stat().st_size <= 100_000 and np.load(packed).shape[1:] == (64, 64, 3)
-    again = subprocess.run([sys.executable, "-m", "mixcodec.cli", "pack", str(photos), "-o", str(packed)], capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "mixcodec.cli", "pack", str(photos), "-o", str(packed)], capture_output=True, text=True
+    )
     assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.splitlines()) == 1
     batch = CropSampler(packed, 48, seed=0).sample(3)
     assert batch.shape == (3, 3, 48, 48) and 0 <= float(batch.min()) and float(batch.max()) <= 1
@@ -70,7 +92,9 @@ def test_split_checkpoints_round_trip_and_replace_each_other(tmp_path):
     # a new save replaces the old parts; a whole save replaces a split one
     state["step"] = 8
     atomic_save(state, path, part_bytes=50_000)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["last.pt.parts", *json.loads((tmp_path / "last.pt.parts").read_text())["parts"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last.pt.parts", *json.loads((tmp_path / "last.pt.parts").read_text())["parts"]]
+    )
     atomic_save(state, path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"] and load_checkpoint(path)["step"] == 8
     # a missing or damaged part is reported, not loaded

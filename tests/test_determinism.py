@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import smooth_image
 from PIL import Image
+
+from conftest import smooth_image
 
 SCRIPT = """
 import sys, torch, numpy as np

@@ -4,13 +4,13 @@ prints as one line with exit code 2."""
 from __future__ import annotations
 
 import pytest
-from conftest import smooth_image
 from PIL import Image
-from test_cli import assert_one_line_error, mixcodec
 
 import mixcodec as package
+from conftest import smooth_image
 from mixcodec import ConfigError, FormatError, InputError, MixcodecError, ModelNotFound, ModelNotFoundError, codec
 from mixcodec.train import load_preset
+from test_cli import assert_one_line_error, mixcodec
 
 
 def test_the_hierarchy_is_exported_and_keeps_the_old_bases():
@@ -40,9 +40,13 @@ def test_unknown_preset_and_misspelt_key_are_one_line(tmp_path):
     assert_one_line_error(proc)
     assert "unknown key 'lmbda' (did you mean 'lmbdas'?)" in proc.stderr
     (tmp_path / "q.toml").write_text("steps = 'many'\n")
-    assert_one_line_error(mixcodec("train", "--preset", tmp_path / "q.toml", "--data", tmp_path, "--out", tmp_path / "run"))
+    assert_one_line_error(
+        mixcodec("train", "--preset", tmp_path / "q.toml", "--data", tmp_path, "--out", tmp_path / "run")
+    )
     (tmp_path / "r.toml").write_text("steps = \n")
-    assert_one_line_error(mixcodec("train", "--preset", tmp_path / "r.toml", "--data", tmp_path, "--out", tmp_path / "run"))
+    assert_one_line_error(
+        mixcodec("train", "--preset", tmp_path / "r.toml", "--data", tmp_path, "--out", tmp_path / "run")
+    )
 
 
 def test_bad_weight_files_and_unwritable_outputs_are_one_line(installed_tiny, tmp_path):
@@ -50,6 +54,14 @@ def test_bad_weight_files_and_unwritable_outputs_are_one_line(installed_tiny, tm
     (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     assert_one_line_error(mixcodec("compress", tmp_path / "a.png", "--model", tmp_path / "bad.safetensors"))
     assert_one_line_error(mixcodec("compress", tmp_path / "a.png", "--model", tmp_path / "missing.safetensors"))
-    proc = mixcodec("compress", tmp_path / "a.png", "-o", tmp_path / "no" / "such" / "dir" / "a.mxc", "--model", "tiny", env_models=installed_tiny.path.parent)
+    proc = mixcodec(
+        "compress",
+        tmp_path / "a.png",
+        "-o",
+        tmp_path / "no" / "such" / "dir" / "a.mxc",
+        "--model",
+        "tiny",
+        env_models=installed_tiny.path.parent,
+    )
     assert_one_line_error(proc)
     assert "cannot write" in proc.stderr

@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import smooth_image
 from PIL import Image
 
+from conftest import smooth_image
 from mixcodec.eval import bd_rate, read_rows
 
 RATES = [0.1, 0.25, 0.5, 0.8, 1.2]
@@ -38,11 +38,31 @@ def test_eval_writes_csv_json_and_plot(tmp_path, installed_tiny):
         Image.fromarray(smooth_image(170, 180, seed=i)).save(data / f"{i}.png")
     env = {**os.environ, "MIXCODEC_MODELS": str(installed_tiny.path.parent)}
     reference = tmp_path / "published.csv"
-    reference.write_text("codec,source,bpp,psnr_rgb_db,ms_ssim\n" + "".join(f"paper,x,{r},{p},\n" for r, p in zip(RATES, PSNRS)))
+    reference.write_text(
+        "codec,source,bpp,psnr_rgb_db,ms_ssim\n" + "".join(f"paper,x,{r},{p},\n" for r, p in zip(RATES, PSNRS))
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "mixcodec.cli", "eval", str(data), "--models", "tiny", "--codecs", "jpeg,webp", "--visual", "1.png",
-         "--reference", str(reference), "-o", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "mixcodec.cli",
+            "eval",
+            str(data),
+            "--models",
+            "tiny",
+            "--codecs",
+            "jpeg,webp",
+            "--visual",
+            "1.png",
+            "--reference",
+            str(reference),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     rows = (tmp_path / "out" / "rows.csv").read_text().splitlines()
@@ -87,8 +107,12 @@ def test_reuse_takes_earlier_rows_instead_of_coding_again(tmp_path):
 
     def run(*extra):
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
-        proc = subprocess.run([sys.executable, "-m", "mixcodec.cli", "eval", str(data), "--models", "", "-o", str(out), *extra],
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mixcodec.cli", "eval", str(data), "--models", "", "-o", str(out), *extra],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr
         return read_rows(out / "rows.csv"), out
 
@@ -97,8 +121,26 @@ def test_reuse_takes_earlier_rows_instead_of_coding_again(tmp_path):
     assert len(jpeg) == 11 and len(both) == 2 * 2 * 11
     reused = [r for r in both if r.codec == "jpeg" and r.image == "0.png"]
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
-    proc = subprocess.run([sys.executable, "-m", "mixcodec.cli", "eval", str(data), "--models", "", "--codecs", "jpeg", "--reuse", str(tmp_path / "other.csv"),
-                           "-o", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mixcodec.cli",
+            "eval",
+            str(data),
+            "--models",
+            "",
+            "--codecs",
+            "jpeg",
+            "--reuse",
+            str(tmp_path / "other.csv"),
+            "-o",
+            str(tmp_path / "bad"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "not a rows file" in proc.stderr and "Traceback" not in proc.stderr
     same = [(r.quality, r.bytes, r.encode_s, r.decode_s) for r in reused]
     assert same == [(r.quality, r.bytes, r.encode_s, r.decode_s) for r in jpeg]  # same timings: taken from the file

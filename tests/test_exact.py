@@ -6,7 +6,15 @@ import numpy as np
 import torch
 
 from mixcodec.entropy import exact
-from mixcodec.entropy.distributions import ENTROPY_FAMILIES, LATENT_MAX, LATENT_MIN, SCALE_MIN, mixture_likelihood, param_blocks, split_params
+from mixcodec.entropy.distributions import (
+    ENTROPY_FAMILIES,
+    LATENT_MAX,
+    LATENT_MIN,
+    SCALE_MIN,
+    mixture_likelihood,
+    param_blocks,
+    split_params,
+)
 from mixcodec.models.registry import load_model
 
 
@@ -27,7 +35,11 @@ def test_integer_pmf_matches_the_float_mixture():
         reference = split_params(spec, fixed.double() * 2.0**-exact.ACT_BITS)  # (F, K, 200, 1)
         mixture = exact.integer_params(spec, fixed)  # (F, K, 200)
         values = torch.arange(-40, 41)
-        expected = mixture_likelihood(spec, values.double()[:, None, None], type(reference)(*(t[:, :, None] for t in (reference.weights, reference.means, reference.scales))))
+        expected = mixture_likelihood(
+            spec,
+            values.double()[:, None, None],
+            type(reference)(*(t[:, :, None] for t in (reference.weights, reference.means, reference.scales))),
+        )
         got = exact.integer_window_pmf(spec, np.full(200, -40), values.numel(), mixture)
         got = torch.from_numpy(got * 2.0**-exact.PMF_BITS).T[:, :, None]  # (81, 200, 1) like expected
         assert torch.isfinite(got).all() and (got >= 0).all()
@@ -39,7 +51,9 @@ def test_integer_pmf_matches_the_float_mixture():
 def test_edge_bins_are_open():
     spec = ENTROPY_FAMILIES["gaussian"]
     mixture = exact.IntegerMixture(
-        np.array([[[1 << exact.MIX_BITS]]]), np.array([[[-300 << exact.ACT_BITS]]]), np.array([[[1 << exact.SCALE_BITS]]])
+        np.array([[[1 << exact.MIX_BITS]]]),
+        np.array([[[-300 << exact.ACT_BITS]]]),
+        np.array([[[1 << exact.SCALE_BITS]]]),
     )  # (F, K, m)
     low = exact.integer_window_pmf(spec, np.array([LATENT_MIN - 2]), 4, mixture)[0]
     assert low.tolist() == [0, 0, 1 << exact.PMF_BITS, 0]  # nothing below the range; the lowest bin holds all the mass
@@ -92,7 +106,9 @@ def reference_integer_params(spec, raw: torch.Tensor) -> exact.IntegerMixture:
         e = exact.tables()["exp"][gap]
         return torch.div(e << exact.MIX_BITS, e.sum(dim, keepdim=True), rounding_mode="floor")
 
-    logits, means, raw_scales, family_logits = (None if t is None else t.to(torch.int64) for t in param_blocks(spec, raw))
+    logits, means, raw_scales, family_logits = (
+        None if t is None else t.to(torch.int64) for t in param_blocks(spec, raw)
+    )
     weights = softmax(logits, dim=1)
     if family_logits is not None:
         weights = (weights * softmax(family_logits, dim=0).unsqueeze(1)) >> exact.MIX_BITS
@@ -109,7 +125,9 @@ def test_compiled_params_are_bit_identical_to_tensor_arithmetic():
     for spec in ENTROPY_FAMILIES.values():
         channels = 5
         raw = torch.randint(-(1 << 14), 1 << 14, (300, spec.params_per_channel * channels), generator=g).double()
-        raw[:7] = torch.randint(-(1 << 20), 1 << 20, (7, raw.shape[1]), generator=g).double()  # clamps and edges of the tables
+        raw[:7] = torch.randint(
+            -(1 << 20), 1 << 20, (7, raw.shape[1]), generator=g
+        ).double()  # clamps and edges of the tables
         expected = reference_integer_params(spec, raw)
         got = exact.integer_params(spec, raw)
         for name in ("weights", "means", "scales"):
@@ -120,17 +138,26 @@ def test_compiled_pmf_is_bit_identical_to_tensor_arithmetic():
     g = torch.Generator().manual_seed(1)
     for spec in ENTROPY_FAMILIES.values():
         m, shape = 3000, (len(spec.families), spec.components, 3000, 1)
-        params = (torch.randint(0, 1 << 14, shape, generator=g), torch.randint(-(1 << 17), 1 << 17, shape, generator=g),
-                  torch.randint(7000, 1 << 24, shape, generator=g))
+        params = (
+            torch.randint(0, 1 << 14, shape, generator=g),
+            torch.randint(-(1 << 17), 1 << 17, shape, generator=g),
+            torch.randint(7000, 1 << 24, shape, generator=g),
+        )
         params[0][:, :, ::3] = 0  # components of weight 0 are skipped
         reference = exact.IntegerMixture(*params)  # (F, K, m, 1): broadcasts against the windows
         mixture = exact.IntegerMixture(*(t[..., 0].numpy() for t in params))
-        for lowest, width in ((torch.randint(-300, 300, (m,), generator=g), 17), (torch.full((m,), LATENT_MIN - 3), 9),
-                              (torch.full((m,), LATENT_MAX - 5), 9), (torch.randint(-5, 5, (m,), generator=g), 513)):
+        for lowest, width in (
+            (torch.randint(-300, 300, (m,), generator=g), 17),
+            (torch.full((m,), LATENT_MIN - 3), 9),
+            (torch.full((m,), LATENT_MAX - 5), 9),
+            (torch.randint(-5, 5, (m,), generator=g), 513),
+        ):
             expected = reference_window_pmf(spec, lowest, width, reference).numpy()
             np.testing.assert_array_equal(exact.integer_window_pmf(spec, lowest.numpy(), width, mixture), expected)
             order = torch.randperm(m, generator=g).numpy()  # elements picked by index
-            np.testing.assert_array_equal(exact.integer_window_pmf(spec, lowest.numpy()[order], width, mixture, order), expected[order])
+            np.testing.assert_array_equal(
+                exact.integer_window_pmf(spec, lowest.numpy()[order], width, mixture, order), expected[order]
+            )
 
 
 def test_compiled_center_and_spread_are_bit_identical_to_tensor_arithmetic():
@@ -138,9 +165,14 @@ def test_compiled_center_and_spread_are_bit_identical_to_tensor_arithmetic():
     shape = (3, 3, 5000)
     weights = torch.randint(0, 1 << 15, shape, generator=g)
     weights[:, :, ::4] //= 1000  # some components under MIN_WEIGHT
-    means, scales = torch.randint(-(1 << 19), 1 << 19, shape, generator=g), torch.randint(7000, 1 << 26, shape, generator=g)
+    means, scales = (
+        torch.randint(-(1 << 19), 1 << 19, shape, generator=g),
+        torch.randint(7000, 1 << 26, shape, generator=g),
+    )
     unit = weights.sum((0, 1)) << exact.ACT_BITS
-    center = torch.div(2 * (weights * means).sum((0, 1)) + unit, 2 * unit, rounding_mode="floor").clamp(LATENT_MIN, LATENT_MAX)
+    center = torch.div(2 * (weights * means).sum((0, 1)) + unit, 2 * unit, rounding_mode="floor").clamp(
+        LATENT_MIN, LATENT_MAX
+    )
     reach = (means - (center << exact.ACT_BITS)).abs() + ((10 * scales) >> (exact.SCALE_BITS - exact.ACT_BITS))
     reach = torch.where(weights >= exact.MIN_WEIGHT, reach, torch.zeros_like(reach)).amax((0, 1))
     spread = torch.div(reach + (1 << exact.ACT_BITS) - 1, 1 << exact.ACT_BITS, rounding_mode="floor")
@@ -165,6 +197,10 @@ def test_parameters_of_some_channels_are_those_channels_of_all(tiny_model):
     assert subset.means.shape[2] == 3 * len(some)
     for name in ("weights", "means", "scales"):
         full = getattr(everything, name)
-        np.testing.assert_array_equal(getattr(subset, name), full.reshape(*full.shape[:2], 3, 12)[..., some].reshape(*full.shape[:2], -1), err_msg=name)
+        np.testing.assert_array_equal(
+            getattr(subset, name),
+            full.reshape(*full.shape[:2], 3, 12)[..., some].reshape(*full.shape[:2], -1),
+            err_msg=name,
+        )
         np.testing.assert_array_equal(getattr(again, name), full, err_msg=name)
     assert len(np.unique(everything.means)) > 3  # the comparison is not between constants

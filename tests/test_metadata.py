@@ -10,15 +10,15 @@ import zlib
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import smooth_image
-from photos import displayed, icc_profile, phone_exif, phone_jpeg, stored_for, xmp_packet
 from PIL import ExifTags, Image
-from test_cli import mixcodec
 
+from conftest import smooth_image
 from mixcodec import bitstream, codec
 from mixcodec import metadata as photo_metadata
 from mixcodec.bitstream import FormatError, Metadata
 from mixcodec.eval import psnr_rgb
+from photos import displayed, icc_profile, phone_exif, phone_jpeg, stored_for, xmp_packet
+from test_cli import mixcodec
 
 P3 = icc_profile()
 
@@ -89,10 +89,14 @@ def test_profiles_of_other_colour_spaces(tiny_model):
     assert decoded.mode == "L" and decoded.info["icc_profile"] == gray.info["icc_profile"]
     cmyk = Image.new("CMYK", (20, 12), (10, 50, 90, 0))
     cmyk.info["icc_profile"] = icc_profile("CMYK (test)", "CMYK")
-    data = codec.compress(cmyk, model=info)  # Pillow converts CMYK pixels to RGB without the profile: it no longer applies
+    data = codec.compress(
+        cmyk, model=info
+    )  # Pillow converts CMYK pixels to RGB without the profile: it no longer applies
     assert bitstream.parse(data)[0].metadata == Metadata() and data[4] == bitstream.PIXELS_ONLY_VERSION
     with pytest.raises(codec.InputError, match="colour space 'GRAY'"):
-        codec.compress(np.zeros((8, 8, 3), np.uint8), model=info, metadata=Metadata(icc_profile=gray.info["icc_profile"]))
+        codec.compress(
+            np.zeros((8, 8, 3), np.uint8), model=info, metadata=Metadata(icc_profile=gray.info["icc_profile"])
+        )
 
 
 def test_images_without_metadata_are_coded_as_before(tiny_model):
@@ -107,7 +111,9 @@ def test_images_without_metadata_are_coded_as_before(tiny_model):
     assert rich[4] == 3 and len(rich) == len(plain) + section
     as_v2 = rich[:4] + b"\x02" + rich[5 : -4 - section]
     assert as_v2 + struct.pack(">I", zlib.crc32(as_v2)) == plain
-    np.testing.assert_array_equal(np.asarray(codec.decompress(rich, model=info)), np.asarray(codec.decompress(plain, model=info)))
+    np.testing.assert_array_equal(
+        np.asarray(codec.decompress(rich, model=info)), np.asarray(codec.decompress(plain, model=info))
+    )
     assert codec.compress(photo(array, 1), model=info, metadata=Metadata())[4] == 2
 
 
@@ -132,7 +138,9 @@ def _resealed(body: bytes) -> bytes:
 def test_damaged_metadata_fails_with_a_format_error(tiny_model, damage, reason):
     """Metadata is validated in parse even when the CRC matches (a writer's bug)."""
     info = tiny_model()
-    data = codec.compress(np.zeros((16, 16, 3), np.uint8), model=info, metadata=Metadata(icc_profile=P3, exif=phone_exif()[6:]))
+    data = codec.compress(
+        np.zeros((16, 16, 3), np.uint8), model=info, metadata=Metadata(icc_profile=P3, exif=phone_exif()[6:])
+    )
     size = bitstream.parse(data)[0].metadata.size()
     body, section = data[: -4 - size], data[-4 - size : -4]
     with pytest.raises(FormatError, match=reason):
@@ -148,7 +156,9 @@ def test_chunks_out_of_order_or_repeated_are_refused(tiny_model):
     for section in (b"\x02" + xmp + exif, b"\x02" + xmp + xmp):
         with pytest.raises(FormatError, match="out of order"):
             bitstream.parse(_resealed(data[:4] + body + section))
-    assert bitstream.parse(_resealed(data[:4] + body + b"\x02" + exif + xmp))[0].metadata == Metadata(exif=exif[8:], xmp=b"abc")
+    assert bitstream.parse(_resealed(data[:4] + body + b"\x02" + exif + xmp))[0].metadata == Metadata(
+        exif=exif[8:], xmp=b"abc"
+    )
 
 
 def test_metadata_over_the_bound_is_refused_with_a_hint(tiny_model):
@@ -159,7 +169,9 @@ def test_metadata_over_the_bound_is_refused_with_a_hint(tiny_model):
 
 
 def test_save_options_write_the_metadata_into_each_format():
-    image = photo_metadata.attach(Image.fromarray(smooth_image(12, 10)), Metadata(icc_profile=P3, exif=phone_exif()[6:], xmp=xmp_packet()))
+    image = photo_metadata.attach(
+        Image.fromarray(smooth_image(12, 10)), Metadata(icc_profile=P3, exif=phone_exif()[6:], xmp=xmp_packet())
+    )
     for name in photo_metadata.CARRIERS:
         options, dropped = photo_metadata.save_options(image, name)
         buffer = io.BytesIO()
@@ -191,7 +203,9 @@ def test_decompress_writes_the_format_of_the_extension_with_the_metadata(phone_p
     image = Image.open(out)
     assert image.format == name and image.size == (24, 40)
     assert image.info["icc_profile"] == P3
-    assert image.getexif()[ExifTags.Base.Make] == "Phonemaker" and image.getexif().get(ExifTags.Base.Orientation, 1) == 1
+    assert (
+        image.getexif()[ExifTags.Base.Make] == "Phonemaker" and image.getexif().get(ExifTags.Base.Orientation, 1) == 1
+    )
     assert b"xmp:CreatorTool" in image.info["xmp"]
 
 
@@ -210,7 +224,10 @@ def test_unknown_output_extensions_fail_cleanly_and_others_say_what_they_drop(ph
     assert not (tmp_path / "out.xyz").exists()
     proc = run("decompress", mxc, "-o", tmp_path / "out.bmp", env_models=models)
     assert proc.exit_code == 0 and Image.open(tmp_path / "out.bmp").size == (24, 40)
-    assert proc.stderr.strip() == f"mixcodec: note: {mxc}: BMP files do not carry the ICC profile, EXIF, XMP; written without"
+    assert (
+        proc.stderr.strip()
+        == f"mixcodec: note: {mxc}: BMP files do not carry the ICC profile, EXIF, XMP; written without"
+    )
 
 
 def test_strip_drops_the_metadata_and_info_reports_it(phone_photo, tmp_path):
@@ -236,7 +253,18 @@ def test_rate_control_counts_the_metadata(phone_photo, tmp_path):
     proc = run("compress", jpeg, "--model", "tiny", "--max-bytes", limit, "-o", tmp_path / "fit.mxc", env_models=models)
     assert_one_line_error(proc)
     assert "of them metadata (--strip drops it)" in proc.stderr
-    proc = run("compress", jpeg, "--model", "tiny", "--max-bytes", limit, "--strip", "-o", tmp_path / "fit.mxc", env_models=models)
+    proc = run(
+        "compress",
+        jpeg,
+        "--model",
+        "tiny",
+        "--max-bytes",
+        limit,
+        "--strip",
+        "-o",
+        tmp_path / "fit.mxc",
+        env_models=models,
+    )
     assert proc.exit_code == 0, proc.stderr
 
 
@@ -244,7 +272,10 @@ def test_allocation_sizes_include_the_metadata(installed_tiny, tmp_path):
     from mixcodec.allocate import encode_candidates
 
     (tmp_path / "photo.jpg").write_bytes(phone_jpeg(smooth_image(40, 24), 6))
-    (kept,), (stripped,) = encode_candidates([tmp_path / "photo.jpg"], [installed_tiny]), encode_candidates([tmp_path / "photo.jpg"], [installed_tiny], strip=True)
+    (kept,), (stripped,) = (
+        encode_candidates([tmp_path / "photo.jpg"], [installed_tiny]),
+        encode_candidates([tmp_path / "photo.jpg"], [installed_tiny], strip=True),
+    )
     extra = bitstream.parse(kept[0].data)[0].metadata.size()
     assert extra > len(P3) and kept[0].size == stripped[0].size + extra == len(kept[0].data)
     assert kept[0].psnr == stripped[0].psnr
@@ -255,7 +286,15 @@ def test_inputs_of_other_formats(installed_tiny, tmp_path):
     image = Image.fromarray(smooth_image(20, 30))
     for suffix, options in ((".webp", {"lossless": True}), (".tif", {}), (".bmp", {}), (".png", {"icc_profile": P3})):
         image.save(tmp_path / f"in{suffix}", **options)
-        proc = run("compress", tmp_path / f"in{suffix}", "--model", "tiny", "-o", tmp_path / f"in{suffix}.mxc", env_models=models)
+        proc = run(
+            "compress",
+            tmp_path / f"in{suffix}",
+            "--model",
+            "tiny",
+            "-o",
+            tmp_path / f"in{suffix}.mxc",
+            env_models=models,
+        )
         assert proc.exit_code == 0, proc.stderr
     assert bitstream.parse((tmp_path / "in.png.mxc").read_bytes())[0].metadata.icc_profile == P3
 
@@ -267,7 +306,9 @@ def test_optional_opener_plugins_are_registered_when_installed(monkeypatch, tmp_
     from mixcodec import cli
 
     calls = []
-    monkeypatch.setitem(sys.modules, "pillow_heif", types.SimpleNamespace(register_heif_opener=lambda: calls.append("heif")))
+    monkeypatch.setitem(
+        sys.modules, "pillow_heif", types.SimpleNamespace(register_heif_opener=lambda: calls.append("heif"))
+    )
     Image.fromarray(smooth_image(8, 8)).save(tmp_path / "x.png")
     cli.open_image(tmp_path / "x.png")
     assert calls == ["heif"]

@@ -6,14 +6,14 @@ import io
 
 import numpy as np
 import pytest
-from conftest import smooth_image
 from PIL import ExifTags, Image, UnidentifiedImageError
-from photos import icc_profile, phone_exif, phone_jpeg, xmp_packet
 
 import mixcodec
+from conftest import smooth_image
 from mixcodec import bitstream, codec, pillow_plugin
 from mixcodec.bitstream import FormatError, Metadata
 from mixcodec.errors import ModelNotFoundError as ModelNotFound
+from photos import icc_profile, phone_exif, phone_jpeg, xmp_packet
 
 P3 = icc_profile()
 
@@ -84,14 +84,18 @@ def test_save_keywords_replace_or_drop_metadata(installed_tiny):
 
     assert saved() == Metadata(P3, phone_exif()[6:], xmp_packet())
     assert saved(exif=b"", xmp=None) == Metadata(icc_profile=P3)
-    other = icc_profile("Other RGB (test)", primaries=((0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446)))
+    other = icc_profile(
+        "Other RGB (test)", primaries=((0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446))
+    )
     turned = Image.Exif()
     turned.load(phone_exif(orientation=8))
     replaced = saved(icc_profile=other, exif=turned, xmp="<x/>")
     assert replaced.icc_profile == other and replaced.xmp == b"<x/>"
     stored = Image.Exif()
     stored.load(replaced.exif)
-    assert ExifTags.Base.Orientation not in stored and stored[ExifTags.Base.Make] == "Phonemaker"  # the pixels are coded upright
+    assert (
+        ExifTags.Base.Orientation not in stored and stored[ExifTags.Base.Make] == "Phonemaker"
+    )  # the pixels are coded upright
 
 
 def test_save_passes_compress_keywords_it_has(installed_tiny, monkeypatch):

@@ -35,7 +35,9 @@ def test_a_trained_default_model_is_shipped():
 def test_readme_first_command_round_trips_the_sample(tmp_path):
     for step in first_command():
         assert step[0] == "mixcodec"
-        proc = subprocess.run([sys.executable, "-m", "mixcodec.cli", *step[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mixcodec.cli", *step[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr
     original = np.asarray(Image.open(tmp_path / "hopper.png"))
     decoded = np.asarray(Image.open(tmp_path / "hopper-decoded.png"))

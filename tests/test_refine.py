@@ -13,10 +13,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_image
 from PIL import Image
 
-from mixcodec import codec, eval as ev, refine
+from conftest import smooth_image
+from mixcodec import codec, refine
+from mixcodec import eval as ev
 from mixcodec.errors import InputError
 from mixcodec.models.registry import load_model
 
@@ -43,7 +44,15 @@ def test_refinement_lowers_the_hard_rounded_loss_and_never_raises_it(tiny_model)
     objective = _objective(info, array)
     effort0 = objective.hard(*codec.quantize_latents(objective.model, objective.x, info.quality))
     for iterations in (1, 12):
-        result = refine.refine(objective.model, objective.x, info.quality, info.lmbda, info.metric, refine.Annealing(iterations, lr=0.02), array.shape[:2])
+        result = refine.refine(
+            objective.model,
+            objective.x,
+            info.quality,
+            info.lmbda,
+            info.metric,
+            refine.Annealing(iterations, lr=0.02),
+            array.shape[:2],
+        )
         assert result.initial_loss == effort0
         assert result.loss == objective.hard(result.y_hat, result.z_hat) <= effort0
     assert result.loss < effort0  # 12 iterations do find better latents
@@ -67,7 +76,9 @@ def test_weights_stay_frozen_and_their_flags_are_restored(tiny_model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
     array = smooth_image(64, 64, seed=5)
-    refine.refine(model, _padded(array), info.quality, info.lmbda, info.metric, refine.Annealing(4, lr=0.02), array.shape[:2])
+    refine.refine(
+        model, _padded(array), info.quality, info.lmbda, info.metric, refine.Annealing(4, lr=0.02), array.shape[:2]
+    )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
@@ -79,9 +90,25 @@ def test_z_stays_the_encoders_unless_refined_and_stays_on_the_medians_grid(tiny_
     objective = _objective(info, array)
     _, z0 = codec.quantize_latents(objective.model, objective.x, info.quality)
     medians = objective.model.prior.medians.view(1, -1, 1, 1)
-    kept = refine.refine(objective.model, objective.x, info.quality, info.lmbda, info.metric, refine.Annealing(6, refine_z=False), array.shape[:2])
+    kept = refine.refine(
+        objective.model,
+        objective.x,
+        info.quality,
+        info.lmbda,
+        info.metric,
+        refine.Annealing(6, refine_z=False),
+        array.shape[:2],
+    )
     assert torch.equal(kept.z_hat, z0)
-    moved = refine.refine(objective.model, objective.x, info.quality, info.lmbda, info.metric, refine.Annealing(12, lr=0.2, refine_z=True), array.shape[:2])
+    moved = refine.refine(
+        objective.model,
+        objective.x,
+        info.quality,
+        info.lmbda,
+        info.metric,
+        refine.Annealing(12, lr=0.2, refine_z=True),
+        array.shape[:2],
+    )
     assert not torch.equal(moved.z_hat, z0) and moved.loss <= moved.initial_loss
     offsets = moved.z_hat - medians
     assert torch.equal(offsets, offsets.round())
@@ -92,8 +119,15 @@ def test_a_refined_file_codes_the_refined_latents_and_decodes_as_any_file(instal
     data = codec.compress(array, model="tiny", effort=2)
     assert data != codec.compress(array, model="tiny")
     objective = _objective(installed_tiny, array)
-    expected = refine.refine(objective.model, objective.x, installed_tiny.quality, installed_tiny.lmbda, installed_tiny.metric,
-                             refine.Annealing(FAST_LEVELS[2]), array.shape[:2])
+    expected = refine.refine(
+        objective.model,
+        objective.x,
+        installed_tiny.quality,
+        installed_tiny.lmbda,
+        installed_tiny.metric,
+        refine.Annealing(FAST_LEVELS[2]),
+        array.shape[:2],
+    )
     assert expected.loss < expected.initial_loss
     header, net, y_hat = codec.decode_latents(data)
     assert torch.equal(y_hat, expected.y_hat)
@@ -123,7 +157,14 @@ def test_separate_processes_with_the_same_thread_count_write_the_same_bytes(inst
     env = dict(os.environ, MIXCODEC_MODELS=str(installed_tiny.path.parent))
     tests = os.path.dirname(__file__)
     digests = [
-        subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, "2", tests], capture_output=True, text=True, env=env, check=True, timeout=300).stdout
+        subprocess.run(
+            [sys.executable, "-c", _THREADS_SCRIPT, "2", tests],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            timeout=300,
+        ).stdout
         for _ in range(2)
     ]
     assert digests[0] == digests[1] and len(digests[0].strip()) == 64
@@ -174,7 +215,9 @@ def test_eval_specs_name_an_effort(installed_tiny, fast_levels):
 
 def _cli(*args, models):
     env = dict(os.environ, MIXCODEC_MODELS=str(models))
-    return subprocess.run([sys.executable, "-m", "mixcodec.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mixcodec.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_cli_effort_flag_writes_the_refined_file_and_refuses_bad_levels(installed_tiny, tmp_path):
@@ -185,8 +228,20 @@ def test_cli_effort_flag_writes_the_refined_file_and_refuses_bad_levels(installe
     assert "refining img.png" in proc.stderr  # the progress bar
     with Image.open(tmp_path / "img.png") as image:
         assert (tmp_path / "img.mxc").read_bytes() == codec.compress(image, model=installed_tiny, effort=1)
-    bad = _cli("compress", tmp_path / "img.png", "--model", "tiny", "--effort", "9", "-o", tmp_path / "bad.mxc", models=installed_tiny.path.parent)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["mixcodec: error: effort must be one of 0, 1, 2, 3, got 9"]
+    bad = _cli(
+        "compress",
+        tmp_path / "img.png",
+        "--model",
+        "tiny",
+        "--effort",
+        "9",
+        "-o",
+        tmp_path / "bad.mxc",
+        models=installed_tiny.path.parent,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "mixcodec: error: effort must be one of 0, 1, 2, 3, got 9"
+    ]
     assert not (tmp_path / "bad.mxc").exists()
 
 

@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 import torch
-from conftest import smooth_image
 from PIL import Image
 
 import mixcodec
+from conftest import smooth_image
 from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
 from mixcodec.models.registry import read_infos
 from mixcodec.refit import REFIT_MODULES, cached_latents, refit
@@ -43,15 +43,34 @@ def test_refit_lowers_the_code_length_and_touches_only_the_entropy_model(tmp_pat
 
 def test_refit_command_gives_the_same_images_from_other_bytes(tmp_path):
     data = _images(tmp_path / "data")
-    (tmp_path / "p.toml").write_text(to_toml(TrainConfig(n=8, hidden=[16, 24], lmbdas=[0.005, 0.02], crop=64, batch=2, steps=2, threads=1)))
+    (tmp_path / "p.toml").write_text(
+        to_toml(TrainConfig(n=8, hidden=[16, 24], lmbdas=[0.005, 0.02], crop=64, batch=2, steps=2, threads=1))
+    )
 
     def run(*args):
-        proc = subprocess.run([sys.executable, "-m", "mixcodec.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mixcodec.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
     run("train", "--preset", tmp_path / "p.toml", "--data", data, "--out", tmp_path / "run")
-    out = run("refit", tmp_path / "run" / "last.pt", "--data", data, "-o", tmp_path / "refit.pt", "--steps", 20, "--crops", 4, "--crop", 64, "--lr", 1e-3)
+    out = run(
+        "refit",
+        tmp_path / "run" / "last.pt",
+        "--data",
+        data,
+        "-o",
+        tmp_path / "refit.pt",
+        "--steps",
+        20,
+        "--crops",
+        4,
+        "--crop",
+        64,
+        "--lr",
+        1e-3,
+    )
     assert "bits per latent element" in out
     for name in ("last", "refit"):
         checkpoint = tmp_path / ("run" if name == "last" else "") / f"{name}.pt"
@@ -63,6 +82,22 @@ def test_refit_command_gives_the_same_images_from_other_bytes(tmp_path):
         sizes[name] = len(data_bytes)
         decoded[name] = np.asarray(mixcodec.decompress(data_bytes, read_infos(tmp_path / f"{name}.safetensors")[1]))
     assert np.array_equal(decoded["last"], decoded["refit"]) and sizes["last"] != sizes["refit"]
-    err = subprocess.run([sys.executable, "-m", "mixcodec.cli", "refit", tmp_path / "run" / "last.pt", "--data", data, "-o", tmp_path / "x.pt",
-                          "--crop", "100"], capture_output=True, text=True, timeout=60)
+    err = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mixcodec.cli",
+            "refit",
+            tmp_path / "run" / "last.pt",
+            "--data",
+            data,
+            "-o",
+            tmp_path / "x.pt",
+            "--crop",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert err.returncode == 2 and "multiple of 64" in err.stderr

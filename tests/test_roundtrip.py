@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 import pytest
 import torch
-from conftest import smooth_image
+from PIL import Image
 
+from conftest import smooth_image
 from mixcodec import codec
 from mixcodec.entropy import coding
 from mixcodec.entropy.distributions import ENTROPY_FAMILIES, LATENT_MAX, LATENT_MIN
@@ -44,7 +44,9 @@ def test_latent_channels_other_than_n_round_trip(tiny_model, m):
     y_encoded, _ = encoder_latents(info, array)
     assert header.channels == m and y_encoded.shape[1] == m
     assert torch.equal(y_decoded, y_encoded)
-    np.testing.assert_array_equal(np.asarray(codec.decompress(data, model=info)), codec.reconstruct(net, y_encoded, info.quality, 70, 90))
+    np.testing.assert_array_equal(
+        np.asarray(codec.decompress(data, model=info)), codec.reconstruct(net, y_encoded, info.quality, 70, 90)
+    )
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 33), (64, 64), (65, 130), (200, 97)])

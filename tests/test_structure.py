@@ -32,7 +32,11 @@ def _imports(path: Path) -> set[str]:
             if target.split(".")[0] != "mixcodec":
                 continue
             for alias in node.names:  # "from . import codec" names a module, "from .x import f" does not
-                found.add(f"{target}.{alias.name}" if (PACKAGE.parent / f"{target}.{alias.name}".replace(".", "/")).with_suffix(".py").exists() else target)
+                found.add(
+                    f"{target}.{alias.name}"
+                    if (PACKAGE.parent / f"{target}.{alias.name}".replace(".", "/")).with_suffix(".py").exists()
+                    else target
+                )
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == "mixcodec"}
     return found - {name}
@@ -49,7 +53,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt]
+                return trail[trail.index(nxt) :] + [nxt] if nxt in trail else [node, nxt]
             if nxt not in state and (found := visit(nxt, trail + [nxt])):
                 return found
         state[node] = 2

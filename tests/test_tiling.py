@@ -9,8 +9,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_image
 
+from conftest import smooth_image
 from mixcodec import bitstream, codec, tiling
 from mixcodec.errors import InputError
 from mixcodec.models.registry import load_model

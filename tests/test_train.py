@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_image
 from PIL import Image
 
+from conftest import smooth_image
 from mixcodec.eval import read_rows
 from mixcodec.models.registry import load_model, read_infos
 from mixcodec.train import TrainConfig, load_preset, to_toml, train
@@ -22,13 +22,25 @@ from mixcodec.train import TrainConfig, load_preset, to_toml, train
 
 def tiny_config(**changes) -> TrainConfig:
     return dataclasses.replace(
-        TrainConfig(architecture="gllmm", n=8, hidden=[16, 24], lmbdas=[0.005, 0.02], crop=64, batch=2, steps=3, log_every=1, checkpoint_minutes=0.0,
-                    threads=1),
+        TrainConfig(
+            architecture="gllmm",
+            n=8,
+            hidden=[16, 24],
+            lmbdas=[0.005, 0.02],
+            crop=64,
+            batch=2,
+            steps=3,
+            log_every=1,
+            checkpoint_minutes=0.0,
+            threads=1,
+        ),
         **changes,
     )
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in resources.files("mixcodec.presets").iterdir() if p.name.endswith(".toml")))
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in resources.files("mixcodec.presets").iterdir() if p.name.endswith(".toml"))
+)
 def test_presets_load_and_round_trip_through_toml(tmp_path, name):
     cfg = load_preset(name)
     assert cfg.model_config().n == cfg.n
@@ -65,13 +77,30 @@ def test_train_resume_and_export(tmp_path):
     train(dataclasses.replace(cfg, steps=5), tmp_path / "data", tmp_path / "run", resume=True)
     assert torch.load(ckpt, weights_only=True)["step"] == 5
     proc = subprocess.run(
-        [sys.executable, "-m", "mixcodec.cli", "export", str(ckpt), "-o", str(tmp_path / "w.safetensors"), "--name", "t", "--measure", str(data),
-         "--rows", str(tmp_path / "rows.csv")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "mixcodec.cli",
+            "export",
+            str(ckpt),
+            "-o",
+            str(tmp_path / "w.safetensors"),
+            "--name",
+            "t",
+            "--measure",
+            str(data),
+            "--rows",
+            str(tmp_path / "rows.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     infos = read_infos(tmp_path / "w.safetensors")
-    assert [(i.name, i.quality, i.config.hidden, i.lmbda) for i in infos] == [("t", q + 1, (16, 24), lmbda) for q, lmbda in enumerate(cfg.lmbdas)]
+    assert [(i.name, i.quality, i.config.hidden, i.lmbda) for i in infos] == [
+        ("t", q + 1, (16, 24), lmbda) for q, lmbda in enumerate(cfg.lmbdas)
+    ]
     rows = read_rows(tmp_path / "rows.csv")
     assert sorted((r.codec, r.quality) for r in rows) == [("t", 1.0), ("t", 1.0), ("t", 2.0), ("t", 2.0)]
     for info in infos:
@@ -91,13 +120,35 @@ def test_workers_validation_on_real_files_and_tensorboard(tmp_path):
     data.mkdir()
     for i in range(2):
         Image.fromarray(smooth_image(80, 90, seed=i)).save(data / f"{i}.png")
-    cmd = [sys.executable, "-m", "mixcodec.cli", "train", "--preset", str(tmp_path / "p.toml"), "--data", str(data), "--out", str(tmp_path / "run"),
-           "--val", str(data), "--val-every", "2", "--workers", "2", "--tensorboard"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mixcodec.cli",
+        "train",
+        "--preset",
+        str(tmp_path / "p.toml"),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--val",
+        str(data),
+        "--val-every",
+        "2",
+        "--workers",
+        "2",
+        "--tensorboard",
+    ]
     (tmp_path / "p.toml").write_text(to_toml(tiny_config(steps=3, val_images=1)))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     val = (tmp_path / "run" / "val.csv").read_text().splitlines()
-    assert val[0] == "step,quality,bpp,psnr,ms_ssim" and [line.split(",")[:2] for line in val[1:]] == [["2", "1"], ["2", "2"], ["3", "1"], ["3", "2"]]
+    assert val[0] == "step,quality,bpp,psnr,ms_ssim" and [line.split(",")[:2] for line in val[1:]] == [
+        ["2", "1"],
+        ["2", "2"],
+        ["3", "1"],
+        ["3", "2"],
+    ]
     assert all(float(line.split(",")[2]) > 0 and float(line.split(",")[3]) > 0 for line in val[1:])
     assert "(real files)" in proc.stdout
     # the TensorBoard scalars are those of the CSV files
@@ -107,7 +158,9 @@ def test_workers_validation_on_real_files_and_tensorboard(tmp_path):
     board.Reload()
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     psnr_q2 = board.Scalars("val/psnr_q2")
-    assert [e.step for e in psnr_q2] == [2, 3] and psnr_q2[-1].value == pytest.approx(float(val[-1].split(",")[3]), abs=1e-4)
+    assert [e.step for e in psnr_q2] == [2, 3] and psnr_q2[-1].value == pytest.approx(
+        float(val[-1].split(",")[3]), abs=1e-4
+    )
     assert [e.step for e in board.Scalars("train/loss")] == [1, 2, 3]
     assert board.Scalars("train/loss")[-1].value == pytest.approx(float(log[-1].split(",")[3]), abs=1e-4)
 
@@ -121,13 +174,29 @@ def test_frozen_modules_are_shared_with_the_base_weight_file(tmp_path):
     weights.mkdir()
 
     def export(run, name, *extra):
-        cmd = [sys.executable, "-m", "mixcodec.cli", "export", str(tmp_path / run / "last.pt"), "-o", str(weights / name), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mixcodec.cli",
+            "export",
+            str(tmp_path / run / "last.pt"),
+            "-o",
+            str(weights / name),
+            *extra,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
     assert export("base", "base.safetensors").returncode == 0
-    tuned = train(tiny_config(steps=2, lmbdas=[0.05, 0.1], freeze=["entropy_parameters"]), data, tmp_path / "tuned", init=weights / "base.safetensors")
+    tuned = train(
+        tiny_config(steps=2, lmbdas=[0.05, 0.1], freeze=["entropy_parameters"]),
+        data,
+        tmp_path / "tuned",
+        init=weights / "base.safetensors",
+    )
     base_model = load_model(read_infos(weights / "base.safetensors")[0])
-    same = {name: torch.equal(p.half(), q.half()) for (name, p), q in zip(tuned.named_parameters(), base_model.parameters())}
+    same = {
+        name: torch.equal(p.half(), q.half()) for (name, p), q in zip(tuned.named_parameters(), base_model.parameters())
+    }
     assert all(same[k] for k in same if k.startswith("entropy_parameters"))
     assert not all(same[k] for k in same if k.startswith("g_s"))
     elsewhere = tmp_path / "base.safetensors"
@@ -137,12 +206,21 @@ def test_frozen_modules_are_shared_with_the_base_weight_file(tmp_path):
     proc = export("tuned", "tuned.safetensors", "--base", str(weights / "base.safetensors"))
     assert proc.returncode == 0, proc.stderr
     shared_bytes = sum(2 * p.numel() for name, p in tuned.named_parameters() if name.startswith("entropy_parameters"))
-    assert (weights / "tuned.safetensors").stat().st_size < (weights / "base.safetensors").stat().st_size - shared_bytes + 2000
+    assert (weights / "tuned.safetensors").stat().st_size < (
+        weights / "base.safetensors"
+    ).stat().st_size - shared_bytes + 2000
     loaded = load_model(read_infos(weights / "tuned.safetensors")[0])
-    assert all(torch.equal(a, b.half().float()) for a, b in zip(loaded.state_dict().values(), tuned.state_dict().values()))
+    assert all(
+        torch.equal(a, b.half().float()) for a, b in zip(loaded.state_dict().values(), tuned.state_dict().values())
+    )
     # the base model may be retrained (its own tensors change): its variants stay valid
     (weights / "base.safetensors").write_bytes(export_base_changed(weights / "base.safetensors", "g_s"))
-    assert all(torch.equal(a, b) for a, b in zip(load_model(read_infos(weights / "tuned.safetensors")[0]).state_dict().values(), loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            load_model(read_infos(weights / "tuned.safetensors")[0]).state_dict().values(), loaded.state_dict().values()
+        )
+    )
     (weights / "base.safetensors").write_bytes(export_base_changed(weights / "base.safetensors", "entropy_parameters"))
     with pytest.raises(ValueError, match="base.safetensors"):
         load_model(read_infos(weights / "tuned.safetensors")[0])
@@ -180,8 +258,19 @@ def test_ddp_on_two_cpu_processes_keeps_parameters_identical(tmp_path):
         Image.fromarray(smooth_image(80, 90, seed=i)).save(data / f"{i}.png")
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(script), str(data), str(tmp_path / "run"), str(Path(__file__).parent)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(script),
+        str(data),
+        str(tmp_path / "run"),
+        str(Path(__file__).parent),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for _ in range(2):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -208,7 +297,9 @@ def test_init_from_a_model_of_another_shape_keeps_what_fits(tmp_path, capsys):
     data.mkdir()
     Image.fromarray(smooth_image(80, 90)).save(data / "0.png")
     base = train(tiny_config(steps=1, lmbdas=[0.01]), data, tmp_path / "base")  # one quality
-    wider = train(tiny_config(steps=1, hidden=[20, 24], lr=0.0), data, tmp_path / "wide", init=tmp_path / "base" / "last.pt")
+    wider = train(
+        tiny_config(steps=1, hidden=[20, 24], lr=0.0), data, tmp_path / "wide", init=tmp_path / "base" / "last.pt"
+    )
     note = capsys.readouterr().out.splitlines()[-1]
     assert "left at their initialization" in note and "entropy_parameters.0.weight" in note and "gains.log_gain" in note
     assert "g_s" not in note
@@ -270,7 +361,9 @@ def test_new_channels_get_no_rate_gradient_at_first_then_a_rising_one():
     for name, rate_gradient in (("plain", None), ("scaled", factors)):
         torch.manual_seed(1)
         outputs[name] = model(x, rate_gradient=rate_gradient)
-    assert torch.equal(outputs["plain"]["y"], outputs["scaled"]["y"]) and torch.equal(outputs["plain"]["x_hat"], outputs["scaled"]["x_hat"])
+    assert torch.equal(outputs["plain"]["y"], outputs["scaled"]["y"]) and torch.equal(
+        outputs["plain"]["x_hat"], outputs["scaled"]["x_hat"]
+    )
     (-outputs["scaled"]["y"].log()).sum().backward(retain_graph=True)
     assert y.grad[:, 3:].abs().sum() == 0 and y.grad[:, :3].abs().sum() > 0
     y.grad = None
@@ -286,7 +379,18 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     data.mkdir()
     Image.fromarray(smooth_image(80, 90)).save(data / "0.png")
     (tmp_path / "p.toml").write_text(to_toml(tiny_config(steps=100000, checkpoint_minutes=60.0)))
-    cmd = [sys.executable, "-m", "mixcodec.cli", "train", "--preset", str(tmp_path / "p.toml"), "--data", str(data), "--out", str(tmp_path / "run")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mixcodec.cli",
+        "train",
+        "--preset",
+        str(tmp_path / "p.toml"),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "run" / "log.csv"
     deadline = time.monotonic() + 120
@@ -304,12 +408,23 @@ def test_loss_weights_each_image_with_its_lambda_and_weight():
 
     torch.manual_seed(0)
     target = torch.rand(3, 3, 16, 16)
-    output = {"x_hat": target + 0.1 * torch.randn_like(target), "y": torch.rand(3, 4, 1, 1) * 0.9 + 0.05, "z": torch.full((3, 4, 1, 1), 0.5)}
+    output = {
+        "x_hat": target + 0.1 * torch.randn_like(target),
+        "y": torch.rand(3, 4, 1, 1) * 0.9 + 0.05,
+        "z": torch.full((3, 4, 1, 1), 0.5),
+    }
     lmbdas, weights = torch.tensor([0.001, 0.01, 0.1]), torch.tensor([2.0, 1.0, 0.5])
-    each = [rate_distortion_loss({k: v[i : i + 1] for k, v in output.items()}, target[i : i + 1], lmbdas[i], "mse")["loss"].item() for i in range(3)]
+    each = [
+        rate_distortion_loss({k: v[i : i + 1] for k, v in output.items()}, target[i : i + 1], lmbdas[i], "mse")[
+            "loss"
+        ].item()
+        for i in range(3)
+    ]
     got = rate_distortion_loss(output, target, lmbdas, "mse", weights)
-    assert got["loss"].item() == pytest.approx(sum(w * l for w, l in zip(weights.tolist(), each)) / 3, rel=1e-6)
-    assert got["bpp"].shape == (3,) and got["bpp"][0].item() == pytest.approx(-torch.log2(output["y"][0]).sum().item() / 256 + 4 / 256)
+    assert got["loss"].item() == pytest.approx(sum(w * loss for w, loss in zip(weights.tolist(), each)) / 3, rel=1e-6)
+    assert got["bpp"].shape == (3,) and got["bpp"][0].item() == pytest.approx(
+        -torch.log2(output["y"][0]).sum().item() / 256 + 4 / 256
+    )
 
 
 def test_decoder_fine_tuning_leaves_what_files_code_unchanged(tmp_path):
@@ -320,7 +435,12 @@ def test_decoder_fine_tuning_leaves_what_files_code_unchanged(tmp_path):
     preset = load_preset("cpu-gllmm-n64-s96-decoder")
     base = train(tiny_config(steps=1), data, tmp_path / "base")
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    tuned = train(tiny_config(steps=3, freeze=preset.freeze, lr=1e-3), data, tmp_path / "tuned", init=tmp_path / "base" / "last.pt")
+    tuned = train(
+        tiny_config(steps=3, freeze=preset.freeze, lr=1e-3),
+        data,
+        tmp_path / "tuned",
+        init=tmp_path / "base" / "last.pt",
+    )
     changed = {k for k, v in tuned.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith(("g_s.", "gains.log_inverse_gain", "prior.quantiles")) for k in changed)
     assert any(k.startswith("g_s.") for k in changed) and "gains.log_inverse_gain" in changed

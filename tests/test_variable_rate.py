@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_image
 
+from conftest import smooth_image
 from mixcodec import codec
 from mixcodec.bitstream import FormatError, pack, parse
 from mixcodec.models.context_model import QualityGains

@@ -13,15 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_image
 from safetensors import safe_open
 from safetensors.torch import save
 
+from conftest import smooth_image
 from mixcodec import ConfigError, ModelNotFoundError, bitstream, codec
 from mixcodec.models import releases
 from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
 from mixcodec.models.registry import (
-    DIGEST_KEY, LEGACY_KEY, VERSION_KEY, export, find_model, find_written, identity_config, installed_models, load_model, model_folders,
+    DIGEST_KEY,
+    LEGACY_KEY,
+    VERSION_KEY,
+    export,
+    find_model,
+    find_written,
+    identity_config,
+    installed_models,
+    load_model,
+    model_folders,
     read_infos,
     rewrite_metadata,
 )
@@ -47,7 +56,9 @@ def strip_to_pre_020(path: Path) -> Path:
 
 def test_the_digest_is_the_tensors_and_config_not_the_metadata(tmp_path):
     first = read_infos(tiny(tmp_path / "a.safetensors", 0))[0]
-    renamed = rewrite_metadata(first.path, tmp_path / "b.safetensors", name="other", kodak=json.dumps([{"bpp": 1.0}]), version=3)[0]
+    renamed = rewrite_metadata(
+        first.path, tmp_path / "b.safetensors", name="other", kodak=json.dumps([{"bpp": 1.0}]), version=3
+    )[0]
     assert renamed.sha256 == first.sha256 and renamed.name == "other" and renamed.version == 3
     assert (tmp_path / "a.safetensors").read_bytes() != (tmp_path / "b.safetensors").read_bytes()
     other_weights = read_infos(tiny(tmp_path / "c.safetensors", 1))[0]
@@ -132,25 +143,38 @@ def test_the_same_weights_in_two_folders_are_listed_once(two_versions, monkeypat
 
 def test_missing_released_weights_name_model_version_digest_and_where(monkeypatch):
     release = next(r for r in releases.catalog() if r.file.startswith("weights-archive/"))
-    header = bitstream.Header(release.name, 1, bytes.fromhex(release.legacy_digests[0])[:8], 16, 16, "RGB", "wavefront", np.arange(0), 64)
+    header = bitstream.Header(
+        release.name, 1, bytes.fromhex(release.legacy_digests[0])[:8], 16, 16, "RGB", "wavefront", np.arange(0), 64
+    )
     monkeypatch.setenv("MIXCODEC_MODELS", "")
     with pytest.raises(ModelNotFoundError) as error:
         codec.decompress(bitstream.pack(header, b"", b""))
     message = str(error.value)
-    for part in (f"{release.name} version {release.version}", release.legacy_digests[0][:16], release.file, "MIXCODEC_MODELS"):
+    for part in (
+        f"{release.name} version {release.version}",
+        release.legacy_digests[0][:16],
+        release.file,
+        "MIXCODEC_MODELS",
+    ):
         assert part in message
     assert "\n" not in message
 
 
 def test_the_catalog_lists_every_released_file_and_the_package_fits_its_budget():
-    proc = subprocess.run([sys.executable, str(ROOT / "weights-archive" / "catalog.py"), "build", "--check"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "weights-archive" / "catalog.py"), "build", "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     for release in releases.catalog():
         info = read_infos(ROOT / release.file)[0]
         assert (info.name, info.version, info.sha256) == (release.name, release.version, release.digest)
     shipped = list(model_folders()[0].glob("*.safetensors"))
     assert sum(p.stat().st_size for p in shipped) <= 80e6  # the weight budget of the wheel
-    assert {p.name for p in shipped} == {Path(r.file).name for r in releases.catalog() if r.file.startswith("src/mixcodec/weights/")}
+    assert {p.name for p in shipped} == {
+        Path(r.file).name for r in releases.catalog() if r.file.startswith("src/mixcodec/weights/")
+    }
 
 
 def test_adding_a_config_field_with_its_default_keeps_every_digest():
@@ -171,7 +195,15 @@ def test_measuring_again_keeps_every_file_decodable(tmp_path):
     torch.manual_seed(3)
     config = ModelConfig(n=8, hidden=(24, 32), qualities=2)
     train_config = dataclasses.asdict(TrainConfig(n=8, lmbdas=[0.002, 0.03]))
-    torch.save({"model": ContextMixtureModel(config).state_dict(), "config": config.to_json(), "train_config": train_config, "step": 7}, tmp_path / "last.pt")
+    torch.save(
+        {
+            "model": ContextMixtureModel(config).state_dict(),
+            "config": config.to_json(),
+            "train_config": train_config,
+            "step": 7,
+        },
+        tmp_path / "last.pt",
+    )
     for name, seed in (("one", 1), ("two", 2)):
         (tmp_path / name).mkdir()
         Image.fromarray(smooth_image(64, 64, seed)).save(tmp_path / name / "a.png")
@@ -180,7 +212,12 @@ def test_measuring_again_keeps_every_file_decodable(tmp_path):
     env = {"MIXCODEC_MODELS": str(weights.parent)}
 
     def cli(*args):
-        proc = subprocess.run([sys.executable, "-m", "mixcodec.cli", *map(str, args)], capture_output=True, text=True, env={**__import__("os").environ, **env})
+        proc = subprocess.run(
+            [sys.executable, "-m", "mixcodec.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, **env},
+        )
         assert proc.returncode == 0, proc.stderr
         return proc
 
@@ -191,7 +228,9 @@ def test_measuring_again_keeps_every_file_decodable(tmp_path):
     file_bytes = weights.read_bytes()
     cli("export", tmp_path / "last.pt", "-o", weights, "--name", "m", "--measure", tmp_path / "two", "--force")
     after = read_infos(weights)
-    assert weights.read_bytes() != file_bytes and after[0].kodak != before[0].kodak  # other measurements in the metadata
+    assert (
+        weights.read_bytes() != file_bytes and after[0].kodak != before[0].kodak
+    )  # other measurements in the metadata
     assert (after[0].sha256, after[0].version) == (before[0].sha256, before[0].version) == (before[0].sha256, 1)
     cli("decompress", tmp_path / "a.mxc", "-o", tmp_path / "second.png")
     assert (tmp_path / "first.png").read_bytes() == (tmp_path / "second.png").read_bytes()

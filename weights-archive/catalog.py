@@ -40,8 +40,15 @@ def build() -> dict:
             info = read_infos(path)[0]
             if info.version is None:
                 sys.exit(f"{path} has no version: stamp it first")
-            entries.append({"name": info.name, "version": info.version, "digest": info.sha256,
-                            "legacy_digests": list(info.legacy_digests), "file": f"{folder}/{path.name}"})
+            entries.append(
+                {
+                    "name": info.name,
+                    "version": info.version,
+                    "digest": info.sha256,
+                    "legacy_digests": list(info.legacy_digests),
+                    "file": f"{folder}/{path.name}",
+                }
+            )
     entries.sort(key=lambda e: (e["name"], e["version"]))
     keys = [(e["name"], e["version"]) for e in entries]
     if len(set(keys)) != len(keys):
@@ -63,11 +70,18 @@ def main() -> None:
     if args.command == "stamp":
         meta = {"version": args.version, **({"released": args.released} if args.released else {})}
         info = rewrite_metadata(args.source, args.output, **meta)[0]
-        print(f"{args.output}: {info.label}, digest {info.sha256[:16]}, legacy {', '.join(d[:16] for d in info.legacy_digests) or '-'}")
+        print(
+            f"{args.output}: {info.label}, digest {info.sha256[:16]}, "
+            f"legacy {', '.join(d[:16] for d in info.legacy_digests) or '-'}"
+        )
         return
     text = json.dumps(build(), indent=1) + "\n"
     if args.check:
-        sys.exit(0 if CATALOG.read_text() == text else f"{CATALOG} is out of date: run python weights-archive/catalog.py build")
+        sys.exit(
+            0
+            if CATALOG.read_text() == text
+            else f"{CATALOG} is out of date: run python weights-archive/catalog.py build"
+        )
     CATALOG.write_text(text)
     print(f"wrote {CATALOG} ({len(json.loads(text)['releases'])} releases)")
 

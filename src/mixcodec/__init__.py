@@ -16,8 +16,15 @@ from .errors import ConfigError, FormatError, InputError, MixcodecError, ModelNo
 pillow_plugin.register()
 
 __all__ = [
-    "compress", "decompress", "__version__",
-    "MixcodecError", "FormatError", "InputError", "ModelNotFoundError", "ModelNotFound", "ConfigError",
+    "compress",
+    "decompress",
+    "__version__",
+    "MixcodecError",
+    "FormatError",
+    "InputError",
+    "ModelNotFoundError",
+    "ModelNotFound",
+    "ConfigError",
 ]
 
 

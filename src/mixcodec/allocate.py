@@ -76,7 +76,9 @@ def _check(costs: list[list[int]], scores: list[list[float]]) -> None:
     if any(c < 0 for row in costs for c in row):
         raise ValueError("candidate costs must be non-negative")
     if not all(np.isfinite(s) for row in scores for s in row):
-        raise ValueError("candidate scores must be finite (MS-SSIM, for one, is undefined on images under 161 pixels a side)")
+        raise ValueError(
+            "candidate scores must be finite (MS-SSIM, for one, is undefined on images under 161 pixels a side)"
+        )
 
 
 def _feasible(costs: list[list[int]], budget: int) -> list[int]:
@@ -149,7 +151,9 @@ def solve_dp(costs: list[list[int]], scores: list[list[float]], budget: int) -> 
     if len(costs) * (capacity + 1) > MAX_TABLE_CELLS:
         raise MemoryError(f"allocation table of {len(costs)} x {capacity + 1} cells is too large")
     best = np.zeros(capacity + 1)  # best[b]: max score of the images so far using at most b units
-    choices = np.zeros((len(costs), capacity + 1), dtype=np.uint8 if max(map(len, costs), default=0) <= 256 else np.int32)
+    choices = np.zeros(
+        (len(costs), capacity + 1), dtype=np.uint8 if max(map(len, costs), default=0) <= 256 else np.int32
+    )
     for i, (row, score_row) in enumerate(zip(extra, scores)):
         new = np.full(capacity + 1, -np.inf)
         for j, (c, s) in enumerate(zip(row, score_row)):
@@ -234,7 +238,8 @@ def solve_lagrangian(costs: list[list[int]], scores: list[list[float]], budget: 
             image.append(i)
             rank.append(t)
     gain, step, image = np.array(gain, dtype=float), np.array(step, dtype=np.int64), np.array(image, dtype=np.int64)
-    # decreasing score per byte (the ratio _hull compared, so each image's segments keep their order), then image, then hull order
+    # decreasing score per byte (the ratio _hull compared, so each image's segments keep their order), then image, then
+    # hull order
     order = np.lexsort((np.array(rank, dtype=np.int64), image, -(gain / step)))
     rows = np.arange(n)
     left = budget - int(cost[rows, [h[0] for h in hulls]].sum())
@@ -264,7 +269,13 @@ def solve_lagrangian(costs: list[list[int]], scores: list[list[float]], budget: 
         i, j = divmod(int(np.argmin(np.where(top, more, np.iinfo(np.int64).max))), width)
         left -= int(more[i, j])
         current[i] = j
-    return Allocation([int(j) for j in current], int(cost[rows, current].sum()), float(score[rows, current].sum()), bound, "lagrangian")
+    return Allocation(
+        [int(j) for j in current],
+        int(cost[rows, current].sum()),
+        float(score[rows, current].sum()),
+        bound,
+        "lagrangian",
+    )
 
 
 @dataclass
@@ -281,7 +292,9 @@ class Candidate:
     data: bytes | None = None
 
 
-def encode_candidates(paths: list[Path], infos: list[ModelInfo], progress=None, strip: bool = False) -> list[list[Candidate]]:
+def encode_candidates(
+    paths: list[Path], infos: list[ModelInfo], progress=None, strip: bool = False
+) -> list[list[Candidate]]:
     """Every image coded with every model (real files, decoded and measured once): upright,
     as RGB, with the image's ICC profile, EXIF and XMP unless ``strip`` (counted in the sizes)."""
     from .eval import ms_ssim_rgb, psnr_rgb
@@ -296,7 +309,17 @@ def encode_candidates(paths: list[Path], infos: list[ModelInfo], progress=None, 
         for info in infos:
             data = codec.compress(original, model=info, metadata=kept)
             decoded = np.asarray(codec.decompress(data, model=info).convert("RGB"))
-            row.append(Candidate(path.name, info.name, info.quality, len(data), psnr_rgb(original, decoded), ms_ssim_rgb(original, decoded), data))
+            row.append(
+                Candidate(
+                    path.name,
+                    info.name,
+                    info.quality,
+                    len(data),
+                    psnr_rgb(original, decoded),
+                    ms_ssim_rgb(original, decoded),
+                    data,
+                )
+            )
             if progress:
                 progress()
         table.append(row)
@@ -313,13 +336,18 @@ def candidates_from_rows(rows: list, codec_name: str) -> tuple[list[list[Candida
         by_quality = {r.quality: r for r in mine if r.image == image}
         if len(by_quality) != len(qualities):
             continue
-        row = [Candidate(image, codec_name, int(q), by_quality[q].bytes, by_quality[q].psnr, by_quality[q].ms_ssim) for q in qualities]
+        row = [
+            Candidate(image, codec_name, int(q), by_quality[q].bytes, by_quality[q].psnr, by_quality[q].ms_ssim)
+            for q in qualities
+        ]
         table.append(row)
         pixels.append(round(8 * row[0].size / by_quality[qualities[0]].bpp))
     return table, pixels
 
 
-def allocate(candidates: list[list[Candidate]], pixels: list[int], target_bpp: float, metric: str, method: str = "auto") -> dict:
+def allocate(
+    candidates: list[list[Candidate]], pixels: list[int], target_bpp: float, metric: str, method: str = "auto"
+) -> dict:
     """Best choice per image under ``target_bpp`` over the whole set (:func:`solve`), and the best single model.
 
     Returns a report with ``choice`` (candidate index per image), totals, ``method`` (the
@@ -343,7 +371,13 @@ def allocate(candidates: list[list[Candidate]], pixels: list[int], target_bpp: f
         size = sum(row[j] for row in costs)
         mean = float(np.mean([row[j] for row in scores]))
         if size <= budget and (single is None or mean > single["mean_score"]):
-            single = {"model": candidates[0][j].model, "quality": candidates[0][j].quality_index, "bytes": size, "bpp": 8 * size / sum(pixels), "mean_score": mean}
+            single = {
+                "model": candidates[0][j].model,
+                "quality": candidates[0][j].quality_index,
+                "bytes": size,
+                "bpp": 8 * size / sum(pixels),
+                "mean_score": mean,
+            }
     return {
         "metric": key,
         "budget_bytes": budget,

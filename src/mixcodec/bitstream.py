@@ -109,7 +109,9 @@ def check_metadata(metadata: Metadata, mode: str) -> None:
     if icc and (len(icc) < 132 or icc[36:40] != b"acsp"):
         raise ValueError("the ICC profile is malformed (no 'acsp' signature)")
     if icc and icc[16:20] != ICC_COLOUR_SPACES[mode]:
-        raise ValueError(f"an ICC profile of colour space {icc[16:20].decode('latin-1').strip()!r} does not fit a {mode} image")
+        raise ValueError(
+            f"an ICC profile of colour space {icc[16:20].decode('latin-1').strip()!r} does not fit a {mode} image"
+        )
     if exif and (len(exif) < 8 or exif[:4] not in (b"II*\0", b"MM\0*")):
         raise ValueError("the EXIF block is malformed (no TIFF header)")
     try:
@@ -195,7 +197,14 @@ def pack(header: Header, z_stream: bytes, y_stream: bytes) -> bytes:
             name,
             struct.pack(">H", round(header.quality * QUALITY_RESOLUTION)),
             header.digest,
-            struct.pack(">IIBBH", header.height, header.width, MODES.index(header.mode), SCHEDULES.index(header.schedule), header.channels),
+            struct.pack(
+                ">IIBBH",
+                header.height,
+                header.width,
+                MODES.index(header.mode),
+                SCHEDULES.index(header.schedule),
+                header.channels,
+            ),
             np.packbits(flags, bitorder="little").tobytes(),
             struct.pack(">II", len(z_stream), len(y_stream)),
             z_stream,
@@ -235,7 +244,9 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
     reader.take(len(MAGIC))
     version, name_len = reader.unpack(">BB")
     if version not in READABLE_VERSIONS:
-        raise FormatError(f"unsupported format version {version} (this build reads {', '.join(map(str, READABLE_VERSIONS))})")
+        raise FormatError(
+            f"unsupported format version {version} (this build reads {', '.join(map(str, READABLE_VERSIONS))})"
+        )
     try:
         name = reader.take(name_len).decode("ascii")
     except UnicodeDecodeError as exc:
@@ -258,6 +269,15 @@ def parse(data: bytes) -> tuple[Header, bytes, bytes]:
     if reader.pos != len(reader.data):
         raise FormatError("trailing bytes after the streams")
     header = Header(
-        name, quality / QUALITY_RESOLUTION, digest, height, width, MODES[mode], SCHEDULES[schedule], np.flatnonzero(flags[:channels]), channels, metadata
+        name,
+        quality / QUALITY_RESOLUTION,
+        digest,
+        height,
+        width,
+        MODES[mode],
+        SCHEDULES[schedule],
+        np.flatnonzero(flags[:channels]),
+        channels,
+        metadata,
     )
     return header, z_stream, y_stream

@@ -158,7 +158,9 @@ def _run_each(inputs, outputs, job, force: bool) -> None:
 FIT_STEPS = 6
 
 
-def _largest_that_fits(image: Image.Image, model: str, levels: int, limit: int, metadata: Metadata | None = None, effort: int = 0) -> bytes:
+def _largest_that_fits(
+    image: Image.Image, model: str, levels: int, limit: int, metadata: Metadata | None = None, effort: int = 0
+) -> bytes:
     """The file of the highest quality of ``model`` whose size (metadata included) is at most
     ``limit`` bytes: the highest level that fits, then bisection towards the next level (file
     sizes grow with the quality).  ``metadata`` and ``effort`` as :func:`mixcodec.compress`
@@ -174,7 +176,10 @@ def _largest_that_fits(image: Image.Image, model: str, levels: int, limit: int, 
         smallest = files[1]
         extra = bitstream.parse(smallest)[0].metadata.size()
         note = f", {extra} of them metadata (--strip drops it)" if extra else ""
-        raise InputError(f"even the lowest quality needs {len(smallest)} bytes ({8 * len(smallest) / (image.width * image.height):.4f} bpp{note}), over the limit of {limit}")
+        raise InputError(
+            f"even the lowest quality needs {len(smallest)} bytes "
+            f"({8 * len(smallest) / (image.width * image.height):.4f} bpp{note}), over the limit of {limit}"
+        )
     low, high = float(fitting), float(fitting + 1)
     if fitting < levels:
         for _ in range(FIT_STEPS):
@@ -214,14 +219,35 @@ def main() -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Output file (one input only).")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Installed model name (its newest version), NAME@VERSION, or a weight file.")
-@click.option("--quality", type=float, default=None, help="1 to the model's number of levels, fractions between levels (default: the middle level).")
-@click.option("--target-bpp", type=float, help="Highest quality (to 1/64 of a level) whose file fits this many bits per pixel.")
+@click.option(
+    "--model",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="Installed model name (its newest version), NAME@VERSION, or a weight file.",
+)
+@click.option(
+    "--quality",
+    type=float,
+    default=None,
+    help="1 to the model's number of levels, fractions between levels (default: the middle level).",
+)
+@click.option(
+    "--target-bpp", type=float, help="Highest quality (to 1/64 of a level) whose file fits this many bits per pixel."
+)
 @click.option("--max-bytes", type=int, help="Highest quality (to 1/64 of a level) whose file fits this many bytes.")
-@click.option("--strip", is_flag=True, help="Leave out the ICC profile, EXIF and XMP (kept by default; the orientation is applied either way).")
-@click.option("--effort", type=int, default=0, show_default=True,
-              help=f"Encoder effort 0-{len(EFFORT_ITERATIONS) - 1}: above 0 the latents are refined for each image "
-                   f"({', '.join(map(str, EFFORT_ITERATIONS[1:]))} iterations; smaller files at the same quality, minutes per photo).")
+@click.option(
+    "--strip",
+    is_flag=True,
+    help="Leave out the ICC profile, EXIF and XMP (kept by default; the orientation is applied either way).",
+)
+@click.option(
+    "--effort",
+    type=int,
+    default=0,
+    show_default=True,
+    help=f"Encoder effort 0-{len(EFFORT_ITERATIONS) - 1}: above 0 the latents are refined for each image "
+    f"({', '.join(map(str, EFFORT_ITERATIONS[1:]))} iterations; smaller files at the same quality, minutes per photo).",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 def compress_command(inputs, output, out_dir, model, quality, target_bpp, max_bytes, strip, effort, force) -> None:
     """Compress images to .mxc files (default: next to each input), upright and with their
@@ -262,11 +288,19 @@ def output_format(path: Path) -> str:
 
 @main.command("decompress")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              help="Output image (one input only); its extension chooses the format: .png, .jpg, .webp, .tif, ...")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Output image (one input only); its extension chooses the format: .png, .jpg, .webp, .tif, ...",
+)
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), help="Folder for the outputs (PNG).")
-@click.option("--model", "weights", type=click.Path(path_type=Path, dir_okay=False),
-              help="Weight file to decode with (default: the installed weights each file names).")
+@click.option(
+    "--model",
+    "weights",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Weight file to decode with (default: the installed weights each file names).",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 def decompress_command(inputs, output, out_dir, weights, force) -> None:
     """Decode .mxc files to images with their colour profile, EXIF and XMP (default: PNG next to
@@ -287,7 +321,9 @@ def decompress_command(inputs, output, out_dir, weights, force) -> None:
         options, dropped = photo_metadata.save_options(image, formats[path])
         if dropped:
             names = ", ".join(photo_metadata.LABELS[key] for key in dropped)
-            click.echo(f"mixcodec: note: {path}: {formats[path]} files do not carry the {names}; written without", err=True)
+            click.echo(
+                f"mixcodec: note: {path}: {formats[path]} files do not carry the {names}; written without", err=True
+            )
         buffer = io.BytesIO()
         image.save(buffer, format=formats[path], **options)
         return buffer.getvalue()
@@ -313,7 +349,10 @@ def info_command(path: Path) -> None:
     click.echo(f"model:    {header.model} quality {header.quality:g} (weights {header.digest.hex()}{known})")
     click.echo(f"image:    {header.width}x{header.height} {header.mode}")
     click.echo(f"bytes:    {len(data)} ({8 * len(data) / pixels:.4f} bpp)")
-    click.echo(f"streams:  z {len(z_stream)} B, y {len(y_stream)} B, header+crc {len(data) - len(z_stream) - len(y_stream) - extra} B")
+    click.echo(
+        f"streams:  z {len(z_stream)} B, y {len(y_stream)} B, "
+        f"header+crc {len(data) - len(z_stream) - len(y_stream) - extra} B"
+    )
     click.echo(f"metadata: {_describe_metadata(header.metadata)}")
     click.echo(f"latents:  {header.active.size}/{header.channels} channels coded, {header.schedule} schedule")
 
@@ -350,30 +389,64 @@ def models_command() -> None:
     newest = {}
     for info in rows:  # sorted by version: the last one of a name is what the name means
         newest[info.name] = info.sha256
-    click.echo(f"{'name':<16}{'v':>4}{'q':>3}{'N':>5}{'M':>5}{'lambda':>9}  {'metric':<8}{'bpp':>7}{'PSNR':>7}{'MS-SSIM':>9}{'MB':>6}  digest")
+    click.echo(
+        f"{'name':<16}{'v':>4}{'q':>3}{'N':>5}{'M':>5}{'lambda':>9}  "
+        f"{'metric':<8}{'bpp':>7}{'PSNR':>7}{'MS-SSIM':>9}{'MB':>6}  digest"
+    )
     for info in rows:
         k = info.kodak
-        cells = [f"{k[key]:{fmt}}" if key in k else "-" for key, fmt in (("bpp", ".3f"), ("psnr", ".2f"), ("ms_ssim", ".4f"))]
-        version = ("-" if info.version is None else str(info.version)) + ("*" if newest[info.name] == info.sha256 else "")
+        cells = [
+            f"{k[key]:{fmt}}" if key in k else "-" for key, fmt in (("bpp", ".3f"), ("psnr", ".2f"), ("ms_ssim", ".4f"))
+        ]
+        version = ("-" if info.version is None else str(info.version)) + (
+            "*" if newest[info.name] == info.sha256 else ""
+        )
         click.echo(
-            f"{info.name:<16}{version:>4}{info.quality:>3}{info.config.n:>5}{info.config.m:>5}{info.lmbda:>9.4g}  {info.metric:<8}{cells[0]:>7}{cells[1]:>7}{cells[2]:>9}"
+            f"{info.name:<16}{version:>4}{info.quality:>3}{info.config.n:>5}{info.config.m:>5}{info.lmbda:>9.4g}  "
+            f"{info.metric:<8}{cells[0]:>7}{cells[1]:>7}{cells[2]:>9}"
             f"{info.path.stat().st_size / 1e6:>6.1f}  {info.sha256[:16]}"
         )
-    click.echo("(v: version, * the one a bare name compresses with, NAME@V picks another; bpp, PSNR-RGB, MS-SSIM: means over the images of "
-               "`export --measure` (Kodak for the shipped models), from real files; MB: the weight file, without tensors it shares with another; "
-               "digest: of the tensors and config, what .mxc files name)")
+    click.echo(
+        "(v: version, * the one a bare name compresses with, NAME@V picks another; "
+        "bpp, PSNR-RGB, MS-SSIM: means over the images of "
+        "`export --measure` (Kodak for the shipped models), from real files; "
+        "MB: the weight file, without tensors it shares with another; "
+        "digest: of the tensors and config, what .mxc files name)"
+    )
 
 
 @main.command("eval")
 @click.argument("dataset", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("--models", default=DEFAULT_MODEL, show_default=True,
-              help="Comma-separated installed model names (NAME@VERSION) or weight files ('' for none); a suffix :eE codes at encoder effort E (gllmm:e2).")
-@click.option("--codecs", default="jpeg,webp,avif,jxl,hevc", show_default=True, help="Comma-separated classic codecs ('' for none).")
-@click.option("--reference", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="CSV of published RD points to plot and compare.")
+@click.option(
+    "--models",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help=(
+        "Comma-separated installed model names (NAME@VERSION) or weight files ('' for none); "
+        "a suffix :eE codes at encoder effort E (gllmm:e2)."
+    ),
+)
+@click.option(
+    "--codecs",
+    default="jpeg,webp,avif,jxl,hevc",
+    show_default=True,
+    help="Comma-separated classic codecs ('' for none).",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="CSV of published RD points to plot and compare.",
+)
 @click.option("--limit", type=int, help="Use only the first N images.")
-@click.option("--visual", multiple=True, help="Image file name in DATASET for a visual comparison at matched bpp (repeatable).")
-@click.option("--reuse", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="rows.csv of an earlier run (repeatable): its (codec, quality, image) rows are taken instead of coded again.")
+@click.option(
+    "--visual", multiple=True, help="Image file name in DATASET for a visual comparison at matched bpp (repeatable)."
+)
+@click.option(
+    "--reuse",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="rows.csv of an earlier run (repeatable): its (codec, quality, image) rows are taken instead of coded again.",
+)
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False))
 def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) -> None:
     """Rate-distortion of models and classic codecs on a folder of images (real files)."""
@@ -410,7 +483,10 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
     for name, points in result["curves"].items():
         click.echo(f"{name}:")
         for p in points:
-            click.echo(f"  q={p['quality']:<6g} bpp={p['bpp']:.4f} PSNR={p['psnr']:.2f} MS-SSIM={p['ms_ssim']:.4f} enc={p['encode_s']:.2f}s dec={p['decode_s']:.2f}s")
+            click.echo(
+                f"  q={p['quality']:<6g} bpp={p['bpp']:.4f} PSNR={p['psnr']:.2f} MS-SSIM={p['ms_ssim']:.4f} "
+                f"enc={p['encode_s']:.2f}s dec={p['decode_s']:.2f}s"
+            )
     names = list(result["curves"])
     click.echo("BD-rate % (PSNR), row vs column anchor:")
     click.echo(" " * 14 + "".join(f"{n[:12]:>13}" for n in names))
@@ -435,12 +511,35 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
 @main.command("allocate")
 @click.argument("dataset", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--target-bpp", type=float, required=True, help="Budget for the whole set, in bits per pixel.")
-@click.option("--metric", type=click.Choice(["ms-ssim", "psnr"]), default="ms-ssim", show_default=True, help="Quality to maximize (mean over images).")
-@click.option("--models", default=DEFAULT_MODEL, show_default=True, help="Installed model name (all its qualities) or comma-separated weight files.")
-@click.option("--method", type=click.Choice(["auto", "dp", "lagrangian"]), default="auto", show_default=True,
-              help="dp: exact; lagrangian: convex-hull bound and repair, for thousands of images, with its gap; auto: dp on small tables.")
+@click.option(
+    "--metric",
+    type=click.Choice(["ms-ssim", "psnr"]),
+    default="ms-ssim",
+    show_default=True,
+    help="Quality to maximize (mean over images).",
+)
+@click.option(
+    "--models",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="Installed model name (all its qualities) or comma-separated weight files.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "dp", "lagrangian"]),
+    default="auto",
+    show_default=True,
+    help=(
+        "dp: exact; lagrangian: convex-hull bound and repair, for thousands of images, with its gap; "
+        "auto: dp on small tables."
+    ),
+)
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False))
-@click.option("--strip", is_flag=True, help="Leave out the images' ICC profile, EXIF and XMP (kept and counted in the budget by default).")
+@click.option(
+    "--strip",
+    is_flag=True,
+    help="Leave out the images' ICC profile, EXIF and XMP (kept and counted in the budget by default).",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 def allocate_command(dataset, target_bpp, metric, models, method, out, strip, force) -> None:
     """Choose one model per image to maximize mean quality under a total size budget (multiple-choice knapsack)."""
@@ -462,7 +561,9 @@ def allocate_command(dataset, target_bpp, metric, models, method, out, strip, fo
     try:
         report = al.allocate(table, pixels, target_bpp, metric, method)
     except al.InfeasibleBudget as exc:
-        raise BadInput(f"target of {target_bpp} bpp is infeasible: the smallest files give {8 * exc.minimum / sum(pixels):.4f} bpp") from None
+        raise BadInput(
+            f"target of {target_bpp} bpp is infeasible: the smallest files give {8 * exc.minimum / sum(pixels):.4f} bpp"
+        ) from None
     except MemoryError as exc:
         raise BadInput(f"{exc} for --method dp (try --method auto)") from None
     except ValueError as exc:
@@ -472,18 +573,39 @@ def allocate_command(dataset, target_bpp, metric, models, method, out, strip, fo
     for row, j in zip(table, report["choice"]):
         chosen = row[j]
         write_atomic(out / (Path(chosen.image).stem + ".mxc"), chosen.data, force)
-        rows.append({"image": chosen.image, "model": chosen.model, "quality": chosen.quality_index, "bytes": chosen.size, "psnr": chosen.psnr, "ms_ssim": chosen.ms_ssim})
-        click.echo(f"{chosen.image:<20} q{chosen.quality_index:<3} {chosen.size:>8} B  PSNR {chosen.psnr:6.2f}  MS-SSIM {chosen.ms_ssim:.4f}")
+        rows.append(
+            {
+                "image": chosen.image,
+                "model": chosen.model,
+                "quality": chosen.quality_index,
+                "bytes": chosen.size,
+                "psnr": chosen.psnr,
+                "ms_ssim": chosen.ms_ssim,
+            }
+        )
+        click.echo(
+            f"{chosen.image:<20} q{chosen.quality_index:<3} {chosen.size:>8} B  "
+            f"PSNR {chosen.psnr:6.2f}  MS-SSIM {chosen.ms_ssim:.4f}"
+        )
     report["images"] = rows
     (out / "allocation.json").write_text(json.dumps(report, indent=1))
     single = report["best_single_model"]
-    click.echo(f"allocated: {report['bytes']} B = {report['bpp']:.4f} bpp (budget {report['budget_bytes']} B), mean {report['metric']} {report['mean_score']:.4f}")
+    click.echo(
+        f"allocated: {report['bytes']} B = {report['bpp']:.4f} bpp (budget {report['budget_bytes']} B), "
+        f"mean {report['metric']} {report['mean_score']:.4f}"
+    )
     if report["method"] == "dp":
         click.echo("method: dp (exact optimum)")
     else:
-        click.echo(f"method: lagrangian, gap {report['gap']:.2e} (no choice under the budget has a mean {report['metric']} above {report['bound_mean_score']:.6f})")
+        click.echo(
+            f"method: lagrangian, gap {report['gap']:.2e} "
+            f"(no choice under the budget has a mean {report['metric']} above {report['bound_mean_score']:.6f})"
+        )
     if single:
-        click.echo(f"best single model under the same budget: q{single['quality']} {single['bpp']:.4f} bpp, mean {report['metric']} {single['mean_score']:.4f}")
+        click.echo(
+            f"best single model under the same budget: q{single['quality']} {single['bpp']:.4f} bpp, "
+            f"mean {report['metric']} {single['mean_score']:.4f}"
+        )
     else:
         click.echo("no single model fits the budget")
 
@@ -506,24 +628,54 @@ def sample_command(output: Path, force: bool) -> None:
 
 @main.command("train")
 @click.option("--preset", default="cpu-gllmm-n64", show_default=True, help="Preset name or TOML file.")
-@click.option("--data", required=True, type=click.Path(path_type=Path, exists=True),
-              help="Folder of training images, or a packed-crop file (.npy, `mixcodec pack`).")
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Run folder (checkpoints, log).")
-@click.option("--lmbda", "lmbdas", help="Override the preset's λ ladder: comma-separated, ascending, one quality level each.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="Folder of training images, or a packed-crop file (.npy, `mixcodec pack`).",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Run folder (checkpoints, log)."
+)
+@click.option(
+    "--lmbda", "lmbdas", help="Override the preset's λ ladder: comma-separated, ascending, one quality level each."
+)
 @click.option("--metric", type=click.Choice(["mse", "ms-ssim"]), help="Override the preset's distortion metric.")
 @click.option("--steps", type=int, help="Override the preset's number of steps.")
-@click.option("--lr", type=float, help="Override the preset's learning rate (before its drop; e.g. a cool-down with --resume in a copy of a run).")
+@click.option(
+    "--lr",
+    type=float,
+    help="Override the preset's learning rate (before its drop; e.g. a cool-down with --resume in a copy of a run).",
+)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt if it exists.")
-@click.option("--init", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Start from another checkpoint's weights.")
+@click.option(
+    "--init",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Start from another checkpoint's weights.",
+)
 @click.option("--minutes", type=float, help="Stop (with a checkpoint) after this many minutes.")
-@click.option("--val", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Validation images (e.g. Kodak), coded to real files every --val-every steps and at the end (OUT/val.csv).")
+@click.option(
+    "--val",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Validation images (e.g. Kodak), coded to real files every --val-every steps and at the end (OUT/val.csv).",
+)
 @click.option("--val-every", type=int, help="Override the preset's steps between validations.")
 @click.option("--workers", type=int, help="Override the preset's number of DataLoader workers.")
-@click.option("--tensorboard", is_flag=True, help="Also write the log and validation results as TensorBoard scalars (OUT/tensorboard).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where to train (auto: CUDA when there is a GPU; cuda without one falls back to the CPU with a message).")
-def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, minutes, val, val_every, workers, tensorboard, device) -> None:
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="Also write the log and validation results as TensorBoard scalars (OUT/tensorboard).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where to train (auto: CUDA when there is a GPU; cuda without one falls back to the CPU with a message).",
+)
+def train_command(
+    preset, data, out, lmbdas, metric, steps, lr, resume, init, minutes, val, val_every, workers, tensorboard, device
+) -> None:
     """Train a model (see the presets for every hyperparameter)."""
     import dataclasses
     import importlib.util
@@ -538,16 +690,29 @@ def train_command(preset, data, out, lmbdas, metric, steps, lr, resume, init, mi
         lmbdas = [float(v) for v in lmbdas.split(",")] if lmbdas else None
     except ValueError:
         raise BadInput(f"--lmbda takes comma-separated numbers, got {lmbdas!r}") from None
-    overrides = {"lmbdas": lmbdas, "metric": metric, "steps": steps, "lr": lr, "val_every": val_every, "workers": workers}
+    overrides = {
+        "lmbdas": lmbdas,
+        "metric": metric,
+        "steps": steps,
+        "lr": lr,
+        "val_every": val_every,
+        "workers": workers,
+    }
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    train(cfg, data, out, resume=resume, init=init, max_minutes=minutes, val=val, tensorboard=tensorboard, device=device)
+    train(
+        cfg, data, out, resume=resume, init=init, max_minutes=minutes, val=val, tensorboard=tensorboard, device=device
+    )
 
 
 @main.command("pack")
 @click.argument("data", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Packed-crop file (.npy).")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Packed-crop file (.npy)."
+)
 @click.option("--size", default=256, show_default=True, help="Side of the square crops in pixels.")
-@click.option("--max-mb", default=40.0, show_default=True, help="Size of the file in MB (10^6 bytes); as many crops as fit.")
+@click.option(
+    "--max-mb", default=40.0, show_default=True, help="Size of the file in MB (10^6 bytes); as many crops as fit."
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def pack_command(data, output, size, max_mb, seed, force) -> None:
@@ -570,15 +735,33 @@ def pack_command(data, output, size, max_mb, seed, force) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--name", default=DEFAULT_MODEL, show_default=True)
-@click.option("--model-version", type=click.IntRange(min=1),
-              help="Version of the model in the file (default: the output's own when it holds the same weights, "
-                   "else one above the newest installed or released version of --name).")
-@click.option("--measure", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Folder of images (e.g. Kodak) to measure from real files at every quality; the mean bpp/PSNR/MS-SSIM is stored in the file.")
-@click.option("--rows", type=click.Path(path_type=Path, dir_okay=False),
-              help="With --measure: also write the per-image rows as CSV (for `mixcodec eval --reuse`).")
-@click.option("--base", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="Weight file in the output's folder to share identical tensors with (a model fine-tuned from it with frozen modules).")
+@click.option(
+    "--model-version",
+    type=click.IntRange(min=1),
+    help="Version of the model in the file (default: the output's own when it holds the same weights, "
+    "else one above the newest installed or released version of --name).",
+)
+@click.option(
+    "--measure",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help=(
+        "Folder of images (e.g. Kodak) to measure from real files at every quality; "
+        "the mean bpp/PSNR/MS-SSIM is stored in the file."
+    ),
+)
+@click.option(
+    "--rows",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --measure: also write the per-image rows as CSV (for `mixcodec eval --reuse`).",
+)
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help=(
+        "Weight file in the output's folder to share identical tensors with "
+        "(a model fine-tuned from it with frozen modules)."
+    ),
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def export_command(checkpoint, output, name, model_version, measure, rows, base, force) -> None:
     """Write a training checkpoint as an fp16 safetensors weight file (one quality level per λ it was trained with)."""
@@ -591,33 +774,60 @@ def export_command(checkpoint, output, name, model_version, measure, rows, base,
     if output.exists() and not force:
         raise BadInput(f"{output} exists (use --force to overwrite)")
     if base is not None and base.resolve().parent != output.resolve().parent:
-        raise BadInput(f"--base {base} must be in the output's folder ({output.resolve().parent}): shared tensors are looked up there")
+        raise BadInput(
+            f"--base {base} must be in the output's folder ({output.resolve().parent}): "
+            "shared tensors are looked up there"
+        )
     state = load_checkpoint(checkpoint)
     train_cfg = TrainConfig(**state["train_config"])
     config = ModelConfig.from_json(state["config"])
     if model_version is None:  # re-exporting the same weights (e.g. to measure them again) keeps their version
         previous = read_infos(output) if output.is_file() else []
-        same = previous and previous[0].sha256 == export_digest(state["model"], config) and previous[0].version is not None
+        same = (
+            previous and previous[0].sha256 == export_digest(state["model"], config) and previous[0].version is not None
+        )
         model_version = previous[0].version if same else newest_version(name) + 1
-    meta = {"name": name, "lmbdas": train_cfg.lmbdas, "metric": train_cfg.metric, "train_steps": state.get("step", 0), "version": model_version}
+    meta = {
+        "name": name,
+        "lmbdas": train_cfg.lmbdas,
+        "metric": train_cfg.metric,
+        "train_steps": state.get("step", 0),
+        "version": model_version,
+    }
     infos = export(state["model"], config, output, base=base, **meta)
     if measure is not None:
         measured = ev.evaluate(ev.learned_codec(infos), list_images(measure))
         if rows is not None:
             ev.write_rows(measured, rows)
         points = ev.mean_curve(measured)[name]
-        kodak = [{"bpp": p["bpp"], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"], "images": p["images"], "set": measure.name} for p in points]
+        kodak = [
+            {"bpp": p["bpp"], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"], "images": p["images"], "set": measure.name}
+            for p in points
+        ]
         infos = export(state["model"], config, output, base=base, kodak=kodak, **meta)
         for p in points:
-            click.echo(f"{measure.name} q{p['quality']:g}: {p['bpp']:.4f} bpp, {p['psnr']:.2f} dB PSNR, MS-SSIM {p['ms_ssim']:.4f} over {p['images']} images")
+            click.echo(
+                f"{measure.name} q{p['quality']:g}: {p['bpp']:.4f} bpp, {p['psnr']:.2f} dB PSNR, "
+                f"MS-SSIM {p['ms_ssim']:.4f} over {p['images']} images"
+            )
     click.echo(f"wrote {infos[0].path} ({infos[0].label}, {len(infos)} qualities, digest {infos[0].sha256})")
 
 
 @main.command("refit")
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--data", required=True, type=click.Path(path_type=Path, exists=True),
-              help="Training images (never the evaluation set): a folder, or a packed-crop file (.npy).")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Checkpoint to write (for `mixcodec export`).")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="Training images (never the evaluation set): a folder, or a packed-crop file (.npy).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Checkpoint to write (for `mixcodec export`).",
+)
 @click.option("--steps", default=2000, show_default=True)
 @click.option("--crops", default=1024, show_default=True, help="Random crops whose latents are cached.")
 @click.option("--crop", default=256, show_default=True, help="Side of the crops (a multiple of 64).")
@@ -639,8 +849,17 @@ def refit_command(checkpoint, data, output, steps, crops, crop, lr, force) -> No
     model.load_state_dict(state["model"])
     y_hats, hypers = cached_latents(model, data, crops, crop)
     trace = refit(model, y_hats, hypers, steps=steps, lr=lr, progress=True)
-    click.echo(f"bits per latent element on the cached crops: {trace[0]:.4f} (first tenth) -> {trace[-1]:.4f} (last tenth)")
-    atomic_save({**state, "model": model.state_dict(), "refit": {"steps": steps, "crops": crops, "crop": crop, "lr": lr, "bits": trace}}, output)
+    click.echo(
+        f"bits per latent element on the cached crops: {trace[0]:.4f} (first tenth) -> {trace[-1]:.4f} (last tenth)"
+    )
+    atomic_save(
+        {
+            **state,
+            "model": model.state_dict(),
+            "refit": {"steps": steps, "crops": crops, "crop": crop, "lr": lr, "bits": trace},
+        },
+        output,
+    )
     click.echo(f"wrote {output}")
 
 

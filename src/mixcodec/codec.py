@@ -69,7 +69,9 @@ def quantize_latents(model: ContextMixtureModel, x: torch.Tensor, quality: float
     return refine.hard_round(model, *refine.encoder_latents(model, x, quality))
 
 
-def image_latents(model: ContextMixtureModel, image: np.ndarray, quality: float, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def image_latents(
+    model: ContextMixtureModel, image: np.ndarray, quality: float, rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ŷ, ẑ)`` of an ``HxWx3`` uint8 image (padded here): :func:`quantize_latents` of the
     padded image, in stripes of ``rows`` image rows (default :func:`tiling.stripe_rows`) when
     it is more than one stripe high (:func:`tiling.is_striped`); the same values either way."""
@@ -96,7 +98,9 @@ def reconstruct(
         synthesis.push(y_hat)
         return synthesis.image
     with torch.no_grad():
-        x_hat = model.synthesize(y_hat.contiguous(memory_format=torch.channels_last), quality)[0, :, :height, :width].clamp(0, 1)
+        x_hat = model.synthesize(y_hat.contiguous(memory_format=torch.channels_last), quality)[
+            0, :, :height, :width
+        ].clamp(0, 1)
     return (x_hat * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
@@ -145,7 +149,8 @@ def compress(
     array, mode = to_rgb_array(image)
     if iterations and array.shape[0] * array.shape[1] > refine.MAX_REFINE_PIXELS:
         raise InputError(
-            f"effort {effort} refines images of up to {refine.MAX_REFINE_PIXELS / 1e6:.1f} Mpixel (about 2 GB of memory per Mpixel); "
+            f"effort {effort} refines images of up to {refine.MAX_REFINE_PIXELS / 1e6:.1f} Mpixel "
+            "(about 2 GB of memory per Mpixel); "
             f"this one has {array.shape[0] * array.shape[1] / 1e6:.1f}: use effort 0"
         )
     if metadata is None:
@@ -158,28 +163,45 @@ def compress(
     if iterations:  # the refinement works on the whole image (not in stripes)
         x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
         annealing = refine.Annealing(iterations)
-        refined = refine.refine(loaded.net, _pad(x), info.quality, info.lmbda, info.metric, annealing, array.shape[:2], progress)
+        refined = refine.refine(
+            loaded.net, _pad(x), info.quality, info.lmbda, info.metric, annealing, array.shape[:2], progress
+        )
         y_hat, z_hat = refined.y_hat, refined.z_hat
     else:
         y_hat, z_hat = image_latents(loaded.net, array, info.quality)
     z_stream = loaded.hyperprior.compress(z_hat)
     y_stream, active = loaded.context.compress(y_hat, loaded.hyperprior.hyper(z_hat), schedule)
     header = bitstream.Header(
-        model=info.name, quality=info.quality, digest=info.digest, height=array.shape[0], width=array.shape[1],
-        mode=mode, schedule=schedule, active=active, channels=info.config.m, metadata=metadata,
+        model=info.name,
+        quality=info.quality,
+        digest=info.digest,
+        height=array.shape[0],
+        width=array.shape[1],
+        mode=mode,
+        schedule=schedule,
+        active=active,
+        channels=info.config.m,
+        metadata=metadata,
     )
     return bitstream.pack(header, z_stream, y_stream)
 
 
-def _open(data: bytes, model: ModelInfo | None) -> tuple[bitstream.Header, bytes, torch.Tensor, LoadedModel, tuple[int, int]]:
+def _open(
+    data: bytes, model: ModelInfo | None
+) -> tuple[bitstream.Header, bytes, torch.Tensor, LoadedModel, tuple[int, int]]:
     """Parse a file, load its model and decode its ``ẑ`` into hyper features:
     ``(header, y_stream, hyper features, loaded model, latent size (H/16, W/16))``."""
     header, z_stream, y_stream = bitstream.parse(data)
     info = model or find_written(header.model, header.digest)
     if not info.holds(header.digest):
-        raise ModelNotFoundError(f"the file was written with {header.model} weights {header.digest.hex()}, not with {info.label} ({info.digest.hex()}, {info.path})")
+        raise ModelNotFoundError(
+            f"the file was written with {header.model} weights {header.digest.hex()}, "
+            f"not with {info.label} ({info.digest.hex()}, {info.path})"
+        )
     if info.config.m != header.channels:
-        raise FormatError(f"the file codes {header.channels} latent channels, its model {info.label} has {info.config.m}")
+        raise FormatError(
+            f"the file codes {header.channels} latent channels, its model {info.label} has {info.config.m}"
+        )
     if not 1 <= header.quality <= info.config.qualities:
         raise FormatError(f"quality {header.quality:g} is outside the 1..{info.config.qualities} of {info.name}")
     loaded = load(info)
@@ -188,13 +210,17 @@ def _open(data: bytes, model: ModelInfo | None) -> tuple[bitstream.Header, bytes
     return header, y_stream, loaded.hyperprior.hyper(z_hat), loaded, (padded[0] // 16, padded[1] // 16)
 
 
-def decode_latents(data: bytes, model: ModelInfo | None = None) -> tuple[bitstream.Header, ContextMixtureModel, torch.Tensor]:
+def decode_latents(
+    data: bytes, model: ModelInfo | None = None
+) -> tuple[bitstream.Header, ContextMixtureModel, torch.Tensor]:
     """Parse a file and decode its ``ŷ``: ``(header, model, ŷ (1, m, H/16, W/16))``."""
     header, y_stream, hyper, loaded, _ = _open(data, model)
     return header, loaded.net, loaded.context.decompress(y_stream, hyper, header.active, header.schedule)
 
 
-def decode_pixels(data: bytes, model: ModelInfo | None = None, rows: int | None = None) -> tuple[bitstream.Header, np.ndarray]:
+def decode_pixels(
+    data: bytes, model: ModelInfo | None = None, rows: int | None = None
+) -> tuple[bitstream.Header, np.ndarray]:
     """Parse and decode a file to ``(header, HxWx3 uint8 pixels)``.
 
     An image more than one stripe of ``rows`` image rows high (default

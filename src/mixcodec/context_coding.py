@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .bitstream import SCHEDULES
 from . import tiling
+from .bitstream import SCHEDULES
 from .entropy import coding, exact
 from .entropy.distributions import MixtureSpec
 from .entropy.factorized import FactorizedPrior
@@ -88,7 +88,12 @@ def schedule_steps(schedule: str, height: int, width: int, slope: int) -> list[t
 
 def _pointwise(module: nn.Module) -> exact.IntegerAffine:
     """The integer twin of a 1x1, stride-1 convolution as an affine map of positions."""
-    if not isinstance(module, nn.Conv2d) or module.kernel_size != (1, 1) or module.stride != (1, 1) or module.groups != 1:
+    if (
+        not isinstance(module, nn.Conv2d)
+        or module.kernel_size != (1, 1)
+        or module.stride != (1, 1)
+        or module.groups != 1
+    ):
         raise TypeError(f"no pointwise integer twin for {module}")
     return exact.IntegerAffine.from_weight(module.weight[:, :, 0, 0].T, module.bias)
 
@@ -127,9 +132,16 @@ class IntegerHyperprior:
     hyper_synthesis: exact.IntegerSequential
 
     @classmethod
-    def from_tables(cls, prior: FactorizedPrior, hyper_synthesis: nn.Module, z_pmf: Tensor, z_offsets: Tensor) -> "IntegerHyperprior":
+    def from_tables(
+        cls, prior: FactorizedPrior, hyper_synthesis: nn.Module, z_pmf: Tensor, z_offsets: Tensor
+    ) -> "IntegerHyperprior":
         """From the integer tables a weight file stores (:meth:`FactorizedPrior.integer_tables`)."""
-        return cls(z_pmf.numpy().astype(np.float64) * 2.0**-32, z_offsets.numpy(), prior.medians.clone(), exact.IntegerSequential(hyper_synthesis))
+        return cls(
+            z_pmf.numpy().astype(np.float64) * 2.0**-32,
+            z_offsets.numpy(),
+            prior.medians.clone(),
+            exact.IntegerSequential(hyper_synthesis),
+        )
 
     @classmethod
     def from_modules(cls, prior: FactorizedPrior, hyper_synthesis: nn.Module) -> "IntegerHyperprior":
@@ -145,12 +157,16 @@ class IntegerHyperprior:
         """Code ``ẑ`` (``(1, n, h, w)``, values ``median + integer``)."""
         symbols = torch.round(z_hat[0] - self.medians.view(-1, 1, 1)).to(torch.int64)
         encoder = coding.new_encoder()
-        coding.encode_table_symbols(encoder, symbols.flatten().numpy(), self.pmf, self.offsets, self._rows(symbols[0].numel()))
+        coding.encode_table_symbols(
+            encoder, symbols.flatten().numpy(), self.pmf, self.offsets, self._rows(symbols[0].numel())
+        )
         return coding.finish(encoder)
 
     def decompress(self, stream: bytes, size: tuple[int, int]) -> Tensor:
         """Inverse of :meth:`compress`: ``ẑ`` ``(1, n, h, w)`` float32 of spatial ``size``."""
-        values = coding.decode_table_symbols(coding.new_decoder(stream), self.pmf, self.offsets, self._rows(size[0] * size[1]))
+        values = coding.decode_table_symbols(
+            coding.new_decoder(stream), self.pmf, self.offsets, self._rows(size[0] * size[1])
+        )
         return torch.from_numpy(values).float().reshape(1, -1, *size) + self.medians.view(1, -1, 1, 1)
 
     def hyper(self, z_hat: Tensor) -> Tensor:
@@ -160,7 +176,9 @@ class IntegerHyperprior:
         height, width = 64 * z_hat.shape[2], 64 * z_hat.shape[3]
         if not tiling.is_striped(height, width):
             return self.hyper_synthesis(exact.to_fixed(z_hat))[0].float()
-        stages = [(op, tiling.footprint(layer)) for op, layer in zip(self.hyper_synthesis.ops, self.hyper_synthesis.sources)]
+        stages = [
+            (op, tiling.footprint(layer)) for op, layer in zip(self.hyper_synthesis.ops, self.hyper_synthesis.sources)
+        ]
         with torch.no_grad():
             return tiling.run(stages, exact.to_fixed(z_hat), tiling.stripe_rows(width) // 16, dtype=torch.float32)[0]
 
@@ -210,7 +228,9 @@ class IntegerContextCodec:
         if cached_key != key:
             blocks = np.arange(self.spec.params_per_channel)[:, None] * self.channels
             columns = torch.from_numpy((blocks + active[None]).ravel())
-            layer = dataclasses.replace(self.output, weight=self.output.weight[:, columns].contiguous(), bias=self.output.bias[columns])
+            layer = dataclasses.replace(
+                self.output, weight=self.output.weight[:, columns].contiguous(), bias=self.output.bias[columns]
+            )
             self._output = (key, layer)
         return layer
 
@@ -219,7 +239,9 @@ class IntegerContextCodec:
         with room for the taps; latent ``(h, w)`` lives at ``[:, h + reach, w + reach]``."""
         return torch.zeros(self.channels, height + self.reach, width + 2 * self.reach, dtype=torch.float32)
 
-    def params(self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray, active: np.ndarray) -> exact.IntegerMixture:
+    def params(
+        self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray, active: np.ndarray
+    ) -> exact.IntegerMixture:
         """Mixture parameters ``(F, K, len(rows) * len(active))`` of the channels ``active`` at the
         given latent positions, elements in (position, channel) order.
 
@@ -249,7 +271,14 @@ class IntegerContextCodec:
         self._encode(hyper, y_int, active, schedule, encoder)
         return coding.finish(encoder), active
 
-    def decompress(self, stream: bytes, hyper: Tensor, active: np.ndarray, schedule: str = "wavefront", on_rows: RowsDone | None = None) -> Tensor:
+    def decompress(
+        self,
+        stream: bytes,
+        hyper: Tensor,
+        active: np.ndarray,
+        schedule: str = "wavefront",
+        on_rows: RowsDone | None = None,
+    ) -> Tensor:
         """Inverse of :meth:`compress`: ``ŷ`` ``(1, m, H, W)`` float32, the latent size that of ``hyper``;
         ``on_rows``: told as rows of ``ŷ`` become final (:meth:`_decode`)."""
         return self._decode(hyper, active, schedule, coding.new_decoder(stream), on_rows).float()[None]
@@ -270,7 +299,11 @@ class IntegerContextCodec:
             for chunk in _step_chunks(self.steps(schedule, height, width), ENCODER_CHUNK_POSITIONS):
                 rows, cols = np.concatenate([r for r, _ in chunk]), np.concatenate([c for _, c in chunk])
                 mixture = self.params(y_padded, hyper, rows, cols, active)
-                values = y_int[active_t[None, :], torch.from_numpy(rows)[:, None], torch.from_numpy(cols)[:, None]].reshape(-1).numpy()
+                values = (
+                    y_int[active_t[None, :], torch.from_numpy(rows)[:, None], torch.from_numpy(cols)[:, None]]
+                    .reshape(-1)
+                    .numpy()
+                )
                 groups = _pmf_groups(self.spec, mixture)
                 # each step's elements are a contiguous range (elements are in step order)
                 bounds = np.cumsum([0] + [len(r) * len(active) for r, _ in chunk])
@@ -281,7 +314,9 @@ class IntegerContextCodec:
                         if b > a:
                             coding.encode_symbols(encoder, values[index[a:b]], pmf[a:b], offsets[a:b])
 
-    def _decode(self, hyper: Tensor, active: np.ndarray, schedule: str, decoder, on_rows: RowsDone | None = None) -> Tensor:
+    def _decode(
+        self, hyper: Tensor, active: np.ndarray, schedule: str, decoder, on_rows: RowsDone | None = None
+    ) -> Tensor:
         """Walk the schedule and read every active element of ``ŷ``: one batch per step (the
         positions of a step only depend on earlier steps), one coder call per window width.
         ``on_rows`` is called (if given) each time more rows are final, last with all ``H``.
@@ -305,7 +340,11 @@ class IntegerContextCodec:
                 for index, pmf, offsets in _pmf_groups(self.spec, mixture):
                     values[index] = coding.decode_symbols(decoder, pmf, offsets)
                 grid = torch.from_numpy(values).float().reshape(len(rows), len(active))
-                y_padded[active_t[None, :], torch.from_numpy(rows + self.reach)[:, None], torch.from_numpy(cols + self.reach)[:, None]] = grid
+                y_padded[
+                    active_t[None, :],
+                    torch.from_numpy(rows + self.reach)[:, None],
+                    torch.from_numpy(cols + self.reach)[:, None],
+                ] = grid
                 if on_rows is not None and done < height and last_step[done] <= step:
                     done = int(np.searchsorted(last_step, step, side="right"))
                     on_rows(done, latents)

@@ -35,7 +35,9 @@ def _source_images(source: Path) -> list[Image.Image]:
     if source.is_file() and source.suffix == PACKED_SUFFIX:
         crops = np.load(source, mmap_mode="r")
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[3] != 3 or crops.shape[1] != crops.shape[2]:
-            raise InputError(f"{source} is not a packed-crop file (uint8 array N x S x S x 3), got {crops.dtype} {crops.shape}")
+            raise InputError(
+                f"{source} is not a packed-crop file (uint8 array N x S x S x 3), got {crops.dtype} {crops.shape}"
+            )
         return [Image.fromarray(np.array(c)) for c in crops]
     images = []
     for path in list_images(source):
@@ -59,7 +61,9 @@ def pack_crops(folder: Path, size: int = 256, max_bytes: int = 40_000_000, seed:
     rng = random.Random(seed)
     images = [im for im in _source_images(folder) if min(im.size) >= size]
     if not images or count < 1:
-        raise InputError(f"no crop of {size}x{size} fits: {len(images)} images large enough under {folder}, room for {count} crops")
+        raise InputError(
+            f"no crop of {size}x{size} fits: {len(images)} images large enough under {folder}, room for {count} crops"
+        )
     order = list(range(len(images)))
     crops = np.empty((count, size, size, 3), dtype=np.uint8)
     for i in range(count):

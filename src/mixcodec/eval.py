@@ -84,7 +84,9 @@ def _pillow_codec(name: str, fmt: str, qualities: list[float], **options) -> Cod
     return CodecUnderTest(name, qualities, encode, decode)
 
 
-def _command_codec(name: str, qualities: list[float], suffix: str, encode_args, decoders: tuple[str, ...]) -> CodecUnderTest:
+def _command_codec(
+    name: str, qualities: list[float], suffix: str, encode_args, decoders: tuple[str, ...]
+) -> CodecUnderTest:
     """A codec driven through command-line tools (``encode_args(src, dst, quality)``; the
     first installed of ``decoders`` is run as ``decoder SRC DST``)."""
     decoder = next((d for d in decoders if shutil.which(d)), decoders[0])
@@ -110,7 +112,10 @@ def _command_codec(name: str, qualities: list[float], suffix: str, encode_args, 
 
 
 #: External tools per codec (encoder, then alternative decoders), and the Debian packages that provide them.
-EXTERNAL_TOOLS = {"jxl": (("cjxl", ("djxl",)), "libjxl-tools"), "hevc": (("heif-enc", ("heif-dec", "heif-convert")), "libheif-examples")}
+EXTERNAL_TOOLS = {
+    "jxl": (("cjxl", ("djxl",)), "libjxl-tools"),
+    "hevc": (("heif-enc", ("heif-dec", "heif-convert")), "libheif-examples"),
+}
 
 
 def classic_codecs() -> dict[str, Callable[[], CodecUnderTest]]:
@@ -122,10 +127,18 @@ def classic_codecs() -> dict[str, Callable[[], CodecUnderTest]]:
         "webp": lambda: _pillow_codec("webp", "WEBP", [2, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90], method=6),
         "avif": lambda: _pillow_codec("avif", "AVIF", [5, 10, 20, 30, 40, 50, 60, 70, 80], speed=4),
         "jxl": lambda: _command_codec(
-            "jxl", [5, 15, 25, 35, 45, 55, 65, 75, 85, 92], ".jxl", lambda s, d, q: ["cjxl", s, d, "-q", str(int(q)), "--quiet"], ("djxl",)
+            "jxl",
+            [5, 15, 25, 35, 45, 55, 65, 75, 85, 92],
+            ".jxl",
+            lambda s, d, q: ["cjxl", s, d, "-q", str(int(q)), "--quiet"],
+            ("djxl",),
         ),
         "hevc": lambda: _command_codec(
-            "hevc", [2, 5, 10, 15, 20, 25, 30, 35, 40], ".heic", lambda s, d, q: ["heif-enc", "-q", str(int(q)), "-o", d, s], ("heif-dec", "heif-convert")
+            "hevc",
+            [2, 5, 10, 15, 20, 25, 30, 35, 40],
+            ".heic",
+            lambda s, d, q: ["heif-enc", "-q", str(int(q)), "-o", d, s],
+            ("heif-dec", "heif-convert"),
         ),
     }
 
@@ -135,7 +148,9 @@ def missing_tools(name: str) -> str | None:
     (encoder, decoders), package = EXTERNAL_TOOLS.get(name, (("", ()), ""))
     if not encoder:
         return None
-    absent = [t for t in (encoder,) if shutil.which(t) is None] + ([] if any(shutil.which(d) for d in decoders) else [decoders[0]])
+    absent = [t for t in (encoder,) if shutil.which(t) is None] + (
+        [] if any(shutil.which(d) for d in decoders) else [decoders[0]]
+    )
     return f"{name} skipped: {', '.join(absent)} not installed (Debian: apt-get install {package})" if absent else None
 
 
@@ -200,8 +215,18 @@ def evaluate(
             t2 = time.perf_counter()
             score = ms_ssim_rgb(original, decoded)
             rows.append(
-                Row(codec_.name, quality, path.name, len(data), 8 * len(data) / pixels, psnr_rgb(original, decoded), score,
-                    float(-10 * np.log10(max(1 - score, 1e-12))), t1 - t0, t2 - t1)
+                Row(
+                    codec_.name,
+                    quality,
+                    path.name,
+                    len(data),
+                    8 * len(data) / pixels,
+                    psnr_rgb(original, decoded),
+                    score,
+                    float(-10 * np.log10(max(1 - score, 1e-12))),
+                    t1 - t0,
+                    t2 - t1,
+                )
             )
             if progress:
                 progress()
@@ -333,7 +358,12 @@ def bd_table(curves: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, flo
         table[name] = {}
         for anchor, ref in curves.items():
             table[name][anchor] = {
-                metric: bd_rate([p["bpp"] for p in ref], [p[metric] for p in ref], [p["bpp"] for p in points], [p[metric] for p in points])
+                metric: bd_rate(
+                    [p["bpp"] for p in ref],
+                    [p[metric] for p in ref],
+                    [p["bpp"] for p in points],
+                    [p[metric] for p in points],
+                )
                 for metric in ("psnr", "ms_ssim_db")
             }
     return table
@@ -370,7 +400,10 @@ def read_reference(path: Path) -> dict[str, list[dict]]:
     curves: dict[str, list[dict]] = {}
     with Path(path).open() as handle:
         for row in csv.DictReader(handle):
-            point = {"bpp": float(row["bpp"]), "psnr": float(row["psnr_rgb_db"]) if row.get("psnr_rgb_db") else float("nan")}
+            point = {
+                "bpp": float(row["bpp"]),
+                "psnr": float(row["psnr_rgb_db"]) if row.get("psnr_rgb_db") else float("nan"),
+            }
             score = float(row["ms_ssim"]) if row.get("ms_ssim") else float("nan")
             point["ms_ssim_db"] = float(-10 * np.log10(1 - score)) if np.isfinite(score) and score < 1 else float("nan")
             curves.setdefault(row["codec"], []).append(point)
@@ -414,7 +447,11 @@ def visual_comparison(path: Path, ours: CodecUnderTest, quality: float, out: Pat
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (name, image, payload) in zip(axes, panels):
         ax.imshow(image[y0 : y0 + size, x0 : x0 + size], interpolation="nearest")
-        caption = name if payload is None else f"{name}\n{8 * len(payload) / pixels:.3f} bpp, {psnr_rgb(original, image):.2f} dB"
+        caption = (
+            name
+            if payload is None
+            else f"{name}\n{8 * len(payload) / pixels:.3f} bpp, {psnr_rgb(original, image):.2f} dB"
+        )
         ax.set_title(caption, fontsize=9)
         ax.axis("off")
     fig.tight_layout()

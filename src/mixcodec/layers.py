@@ -119,7 +119,11 @@ class AttentionUnit(nn.Module):
         super().__init__()
         half = channels // 2
         self.body = nn.Sequential(
-            conv1x1(channels, half), nn.ReLU(inplace=True), conv3x3(half, half), nn.ReLU(inplace=True), conv1x1(half, channels)
+            conv1x1(channels, half),
+            nn.ReLU(inplace=True),
+            conv3x3(half, half),
+            nn.ReLU(inplace=True),
+            conv1x1(half, channels),
         )
         self.act = nn.ReLU(inplace=True)
 

@@ -19,7 +19,8 @@ def bits_per_image(likelihoods: dict[str, Tensor]) -> Tensor:
 def rate_distortion_loss(
     output: dict[str, Tensor], target: Tensor, lmbda: float | Tensor, metric: str, weight: float | Tensor = 1.0
 ) -> dict[str, Tensor]:
-    """Weighted mean over the images of ``λ·255²·MSE + bpp`` (metric ``mse``) or ``λ·(1 - MS-SSIM) + bpp`` (``ms-ssim``).
+    """Weighted mean over the images of ``λ·255²·MSE + bpp`` (metric ``mse``) or ``λ·(1 - MS-SSIM) + bpp``
+    (``ms-ssim``).
 
     Args:
         output: model output with ``x_hat`` and likelihoods ``y``, ``z``.

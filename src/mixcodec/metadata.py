@@ -43,7 +43,11 @@ CARRIERS = ("PNG", "JPEG", "WEBP", "TIFF", "AVIF")
 
 #: Save settings for decoded pixels: lossless where the format has a lossless mode,
 #: otherwise high quality without chroma subsampling.
-PIXEL_OPTIONS = {"JPEG": {"quality": 95, "subsampling": 0}, "WEBP": {"lossless": True}, "AVIF": {"quality": 95, "subsampling": "4:4:4"}}
+PIXEL_OPTIONS = {
+    "JPEG": {"quality": 95, "subsampling": 0},
+    "WEBP": {"lossless": True},
+    "AVIF": {"quality": 95, "subsampling": "4:4:4"},
+}
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -72,7 +76,9 @@ def read(image: Image.Image, mode: str) -> Metadata:
     return normalized(info.get("icc_profile"), info.get("exif"), info.get("xmp") or info.get("XML:com.adobe.xmp"), mode)
 
 
-def normalized(icc_profile: bytes | None, exif: bytes | Image.Exif | None, xmp: bytes | str | None, mode: str) -> Metadata:
+def normalized(
+    icc_profile: bytes | None, exif: bytes | Image.Exif | None, xmp: bytes | str | None, mode: str
+) -> Metadata:
     """Metadata as a file of ``mode`` stores it, from values as Pillow has them: an ICC
     profile of another colour space than ``mode``'s is dropped, the EXIF block loses
     :data:`EXIF_PREFIX` and its orientation (:func:`without_orientation`), XMP text is

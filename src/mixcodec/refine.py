@@ -162,7 +162,11 @@ class Objective:
         height, width = self.size
         with torch.no_grad():
             y_likelihood, z_likelihood = self._likelihoods(y_hat, z_hat)
-            x_hat = self.model.synthesize(y_hat.contiguous(memory_format=torch.channels_last), self.quality).float().clamp(0, 1)
+            x_hat = (
+                self.model.synthesize(y_hat.contiguous(memory_format=torch.channels_last), self.quality)
+                .float()
+                .clamp(0, 1)
+            )
             output = {"x_hat": x_hat[:, :, :height, :width], "y": y_likelihood, "z": z_likelihood}
             return float(rate_distortion_loss(output, self.x[:, :, :height, :width], self.lmbda, self.metric)["loss"])
 

@@ -23,14 +23,16 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .codec import quantize_latents
-from .models.context_model import ContextMixtureModel
 from .data import CropSampler
+from .models.context_model import ContextMixtureModel
 
 #: The modules a refit trains; everything else stays as it is.
 REFIT_MODULES = ("context", "entropy_parameters")
 
 
-def cached_latents(model: ContextMixtureModel, data: Path, crops: int = 1024, crop: int = 256, seed: int = 0) -> tuple[Tensor, Tensor]:
+def cached_latents(
+    model: ContextMixtureModel, data: Path, crops: int = 1024, crop: int = 256, seed: int = 0
+) -> tuple[Tensor, Tensor]:
     """Rounded latents and hyper features of ``crops`` random crops of the images under ``data``.
 
     Returns:
@@ -51,7 +53,13 @@ def cached_latents(model: ContextMixtureModel, data: Path, crops: int = 1024, cr
 
 
 def refit(
-    model: ContextMixtureModel, y_hats: Tensor, hypers: Tensor, steps: int = 2000, batch: int = 8, lr: float = 3e-4, seed: int = 0,
+    model: ContextMixtureModel,
+    y_hats: Tensor,
+    hypers: Tensor,
+    steps: int = 2000,
+    batch: int = 8,
+    lr: float = 3e-4,
+    seed: int = 0,
     progress: bool = False,
 ) -> list[float]:
     """Fit :data:`REFIT_MODULES` of ``model`` (in place) to cached latents.

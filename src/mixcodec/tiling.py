@@ -67,7 +67,14 @@ MIN_STRIPE_ROWS = 128
 _POINTWISE = (nn.LeakyReLU, nn.ReLU, nn.Identity, nn.Sigmoid, GDN)
 #: Blocks whose children are parallel branches summed (or gated) at the end; point-wise
 #: maps applied after the sum (AttentionUnit's ReLU) are children of radius 0.
-_BRANCHING = (ResidualBlock, ResidualBlockWithStride, ResidualBlockUpsample, ConcatenatedResidualModule, AttentionUnit, SimplifiedAttention)
+_BRANCHING = (
+    ResidualBlock,
+    ResidualBlockWithStride,
+    ResidualBlockUpsample,
+    ConcatenatedResidualModule,
+    AttentionUnit,
+    SimplifiedAttention,
+)
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,11 @@ class _Stage:
             first = self.emitted - int(lo * self.scale)
             count = stop - self.emitted
             # a copy of the kept rows, so that the margins' rows are freed before the next stage runs
-            piece = out if (first, count) == (0, out.shape[2]) else out[:, :, first : first + count].clone(memory_format=_memory_format(out))
+            piece = (
+                out
+                if (first, count) == (0, out.shape[2])
+                else out[:, :, first : first + count].clone(memory_format=_memory_format(out))
+            )
             del out, window
             yield piece
             del piece
@@ -242,7 +253,10 @@ def analyse(model: nn.Module, image: np.ndarray, quality: float, padded: tuple[i
         gain, _ = model.gains(model._qualities(quality, 1))
     columns = np.minimum(np.arange(width), image.shape[1] - 1)  # replicate padding on the right...
     g_a = StripedSequential.of(model.g_a, height, rows // 16)
-    out, done = torch.empty((1, gain.shape[1], height // 16, width // 16), memory_format=torch.channels_last), 0  # as model.analyse
+    out, done = (
+        torch.empty((1, gain.shape[1], height // 16, width // 16), memory_format=torch.channels_last),
+        0,
+    )  # as model.analyse
     for start in range(0, height, rows):
         index = np.minimum(np.arange(start, min(height, start + rows)), image.shape[0] - 1)  # ...and the bottom
         x = torch.from_numpy(image[index][:, columns]).permute(2, 0, 1)[None].float() / 255
@@ -253,18 +267,27 @@ def analyse(model: nn.Module, image: np.ndarray, quality: float, padded: tuple[i
 
 
 def run(
-    stages: nn.Sequential | Sequence[tuple[Callable[[Tensor], Tensor], Footprint]], x: Tensor, rows: int, dtype: torch.dtype | None = None
+    stages: nn.Sequential | Sequence[tuple[Callable[[Tensor], Tensor], Footprint]],
+    x: Tensor,
+    rows: int,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """``stages(x)`` for ``x`` ``(1, C, H, W)``, computed in stripes of ``rows`` output rows;
     ``stages``: an ``nn.Sequential`` or the ``stages`` argument of :class:`StripedSequential`;
     ``dtype``: of the result (default that of the stripes), each stripe converted as it comes."""
-    striped = StripedSequential.of(stages, x.shape[2], rows) if isinstance(stages, nn.Sequential) else StripedSequential(stages, x.shape[2], rows)
+    striped = (
+        StripedSequential.of(stages, x.shape[2], rows)
+        if isinstance(stages, nn.Sequential)
+        else StripedSequential(stages, x.shape[2], rows)
+    )
     step = max(1, math.ceil(rows * x.shape[2] / striped.out_rows))
     result, done = None, 0
     for start in range(0, x.shape[2], step):
         for out in striped.push(x[:, :, start : start + step]):
             if result is None:  # filled in place: no second copy of the output
-                result = out.new_empty((out.shape[0], out.shape[1], striped.out_rows, out.shape[3]), dtype=dtype or out.dtype)
+                result = out.new_empty(
+                    (out.shape[0], out.shape[1], striped.out_rows, out.shape[3]), dtype=dtype or out.dtype
+                )
             result[:, :, done : done + out.shape[2]] = out
             done += out.shape[2]
     return result
@@ -279,7 +302,9 @@ class Synthesis:
         rows: image rows per stripe (a multiple of 16).
     """
 
-    def __init__(self, model: nn.Module, quality: float, latent_size: tuple[int, int], height: int, width: int, rows: int):
+    def __init__(
+        self, model: nn.Module, quality: float, latent_size: tuple[int, int], height: int, width: int, rows: int
+    ):
         with torch.no_grad():
             _, self.inverse_gain = model.gains(model._qualities(quality, 1))
         self.g_s = StripedSequential.of(model.g_s, latent_size[0], rows)
@@ -309,8 +334,9 @@ class BackgroundSynthesis:
     PyTorch keeps an intra-op thread count per thread: the worker uses ``threads`` while
     the entropy decoding runs, then the caller's own count for the stripes left when the
     block ends (the same pixels where the forward convolutions do not depend on the thread
-    count, as measured for the shipped model on x86; docs/large-images.md); the caller uses ``caller_threads`` inside the block (the entropy path is
-    exact whatever its count) and its own count again after it.  An error in the worker
+    count, as measured for the shipped model on x86; docs/large-images.md); the caller uses
+    ``caller_threads`` inside the block (the entropy path is exact whatever its count) and
+    its own count again after it.  An error in the worker
     is raised on exit.
     """
 

@@ -39,6 +39,7 @@ from .models.context_model import ARCHITECTURES, ContextMixtureModel, ModelConfi
 from .models.transforms import BACKBONES
 from .models.widening import widen_synthesis
 
+
 @dataclass
 class TrainConfig:
     """Every hyperparameter of a run (presets in ``mixcodec/presets/*.toml``)."""
@@ -102,15 +103,23 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         base = ARCHITECTURES[self.architecture]
         return dataclasses.replace(
-            base, n=self.n, m=self.m or self.n, n_s=self.n_s or self.n, backbone=self.backbone or base.backbone, family=self.family or base.family,
+            base,
+            n=self.n,
+            m=self.m or self.n,
+            n_s=self.n_s or self.n,
+            backbone=self.backbone or base.backbone,
+            family=self.family or base.family,
             qualities=len(self.lmbdas),
-            hidden=tuple(self.hidden) or tuple(width * self.n // base.n for width in base.hidden),  # the paper's widths scale with N
+            hidden=tuple(self.hidden)
+            or tuple(width * self.n // base.n for width in base.hidden),  # the paper's widths scale with N
         )
 
 
 def preset_names() -> list[str]:
     """The presets shipped with the package."""
-    return sorted(p.name[: -len(".toml")] for p in resources.files("mixcodec.presets").iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name[: -len(".toml")] for p in resources.files("mixcodec.presets").iterdir() if p.name.endswith(".toml")
+    )
 
 
 def load_preset(name_or_path: str) -> TrainConfig:
@@ -124,21 +133,30 @@ def load_preset(name_or_path: str) -> TrainConfig:
         try:
             text = Path(name_or_path).read_text()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read the preset {name_or_path}: {getattr(exc, 'strerror', None) or exc}") from None
+            raise ConfigError(
+                f"cannot read the preset {name_or_path}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
     else:
         resource = resources.files("mixcodec.presets").joinpath(f"{name_or_path}.toml")
         if not resource.is_file():
-            raise ConfigError(f"no preset named {name_or_path!r} (presets: {', '.join(preset_names())}; or give a .toml file)")
+            raise ConfigError(
+                f"no preset named {name_or_path!r} (presets: {', '.join(preset_names())}; or give a .toml file)"
+            )
         text = resource.read_text()
     try:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"preset {name_or_path} is not valid TOML: {exc}") from None
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(TrainConfig)}
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(TrainConfig)
+    }
     for key, value in values.items():
         if key not in defaults:
             close = difflib.get_close_matches(key, defaults, n=1)
-            raise ConfigError(f"preset {name_or_path}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(
+                f"preset {name_or_path}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            )
         expected = type(defaults[key])
         fits = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
         if not (fits or (expected is float and type(value) is int)):
@@ -284,7 +302,12 @@ def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor]) 
     own = model.state_dict()
     widening = "gains.log_gain" in weights and weights["gains.log_gain"].shape[-1] < model.config.m
     groups = model.latent_groups()
-    convolutions = {f"{name}.{k}" for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d) for k in ("weight", "bias")}
+    convolutions = {
+        f"{name}.{k}"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Conv2d)
+        for k in ("weight", "bias")
+    }
     loaded = {}
     for name, value in weights.items():
         target = own.get(name)
@@ -362,10 +385,14 @@ def _build(cfg: TrainConfig) -> tuple[ContextMixtureModel, _Optimizers]:
     for name, p in model.named_parameters():
         p.requires_grad_(not (frozen and name.startswith(frozen)))
     params = [p for n, p in model.named_parameters() if n != "prior.quantiles" and p.requires_grad]
-    return model, _Optimizers(params, torch.optim.Adam(params, lr=cfg.lr), torch.optim.Adam([model.prior.quantiles], lr=cfg.aux_lr))
+    return model, _Optimizers(
+        params, torch.optim.Adam(params, lr=cfg.lr), torch.optim.Adam([model.prior.quantiles], lr=cfg.aux_lr)
+    )
 
 
-def _restore(model: ContextMixtureModel, optimizers: _Optimizers, checkpoint: Path | None, init: Path | None, rank: int) -> int:
+def _restore(
+    model: ContextMixtureModel, optimizers: _Optimizers, checkpoint: Path | None, init: Path | None, rank: int
+) -> int:
     """Continue from ``checkpoint`` (weights, optimizer states, step) when given, else start
     from the weights of ``init`` (:func:`load_matching`); returns the step to start at."""
     if checkpoint is not None:
@@ -384,8 +411,12 @@ def _restore(model: ContextMixtureModel, optimizers: _Optimizers, checkpoint: Pa
 def _save(model: ContextMixtureModel, optimizers: _Optimizers, cfg: TrainConfig, step: int, path: Path) -> None:
     """Write the checkpoint ``path`` (split into parts of ``cfg.checkpoint_part_mib``)."""
     state = {
-        "model": model.state_dict(), "optimizer": optimizers.main.state_dict(), "aux_optimizer": optimizers.aux.state_dict(),
-        "step": step, "config": model.config.to_json(), "train_config": dataclasses.asdict(cfg),
+        "model": model.state_dict(),
+        "optimizer": optimizers.main.state_dict(),
+        "aux_optimizer": optimizers.aux.state_dict(),
+        "step": step,
+        "config": model.config.to_json(),
+        "train_config": dataclasses.asdict(cfg),
     }
     atomic_save(state, path, int(cfg.checkpoint_part_mib * 2**20))
 
@@ -420,8 +451,15 @@ class _Levels:
         return torch.randint(len(self.lmbdas), (batch,), generator=self.draws)
 
 
-def _step(network: torch.nn.Module, model: ContextMixtureModel, optimizers: _Optimizers, cfg: TrainConfig, x: torch.Tensor,
-          levels: _Levels, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def _step(
+    network: torch.nn.Module,
+    model: ContextMixtureModel,
+    optimizers: _Optimizers,
+    cfg: TrainConfig,
+    x: torch.Tensor,
+    levels: _Levels,
+    step: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """One optimizer step of the RD loss and one of the quantile loss on crops ``x`` ``(B, 3, H, W)``.
 
     Returns:
@@ -433,8 +471,14 @@ def _step(network: torch.nn.Module, model: ContextMixtureModel, optimizers: _Opt
         group["lr"] = lr
     level = levels.draw(x.shape[0])
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        output = network(x, quality=(level + 1).to(device), rate_gradient=new_channel_rate_gradient(cfg, model.config.m, step, device))
-    result = rate_distortion_loss(output, x, levels.lmbdas[level].to(device), cfg.metric, levels.weights[level].to(device))
+        output = network(
+            x,
+            quality=(level + 1).to(device),
+            rate_gradient=new_channel_rate_gradient(cfg, model.config.m, step, device),
+        )
+    result = rate_distortion_loss(
+        output, x, levels.lmbdas[level].to(device), cfg.metric, levels.weights[level].to(device)
+    )
     optimizers.main.zero_grad(set_to_none=True)
     result["loss"].backward()
     if cfg.clip_norm > 0:
@@ -450,8 +494,15 @@ def _step(network: torch.nn.Module, model: ContextMixtureModel, optimizers: _Opt
 
 
 def train(
-    cfg: TrainConfig, data: Path, out: Path, resume: bool = False, init: Path | None = None, max_minutes: float | None = None,
-    val: Path | None = None, tensorboard: bool = False, device: str = "auto",
+    cfg: TrainConfig,
+    data: Path,
+    out: Path,
+    resume: bool = False,
+    init: Path | None = None,
+    max_minutes: float | None = None,
+    val: Path | None = None,
+    tensorboard: bool = False,
+    device: str = "auto",
 ) -> ContextMixtureModel:
     """Train (or continue) a model; returns it after writing ``out/last.pt``.
 
@@ -481,7 +532,11 @@ def train(
     network = _distributed(model, world)
     seed = cfg.seed + 7919 * rank + step  # per process, new after a resume
     dataset = CropDataset(data, cfg.crop, cfg.min_downscale, cfg.batch, seed=seed)
-    batches = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=cfg.workers, persistent_workers=cfg.workers > 0))
+    batches = iter(
+        torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=cfg.workers, persistent_workers=cfg.workers > 0
+        )
+    )
     levels = _Levels.of(cfg, seed)
     val_images = (list_images(val)[: cfg.val_images or None] if val is not None else []) if rank == 0 else []
     log = _Log(out / "log.csv", len(cfg.lmbdas), out / "tensorboard" if tensorboard else None) if rank == 0 else None
@@ -507,10 +562,14 @@ def train(
             sums = _RunningMeans(len(cfg.lmbdas))
         bar.update(1)
         out_of_time = (max_minutes is not None and time.monotonic() - start > max_minutes * 60) or stop.agreed(world)
-        if rank == 0 and (time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps or out_of_time):
+        if rank == 0 and (
+            time.monotonic() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.steps or out_of_time
+        ):
             _save(model, optimizers, cfg, step, ckpt_path)
             last_save = time.monotonic()
-        if val_images and ((cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps or (out_of_time and not stop.requested)):
+        if val_images and (
+            (cfg.val_every and step % cfg.val_every == 0) or step == cfg.steps or (out_of_time and not stop.requested)
+        ):
             points = validate(model, cfg, val_images, out, step)
             if log:
                 log.write_validation(step, points)
@@ -527,7 +586,9 @@ def train(
     return model
 
 
-def validate(model: ContextMixtureModel, cfg: TrainConfig, images: list[Path], out: Path, step: int) -> list[dict[str, float]]:
+def validate(
+    model: ContextMixtureModel, cfg: TrainConfig, images: list[Path], out: Path, step: int
+) -> list[dict[str, float]]:
     """Real-file bpp, PSNR-RGB and MS-SSIM of the current weights (exported as they would
     be shipped, fp16) on ``images`` at every quality; appended to ``out/val.csv``."""
     from . import eval as ev
@@ -536,7 +597,10 @@ def validate(model: ContextMixtureModel, cfg: TrainConfig, images: list[Path], o
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     infos = export(state, model.config, out / "val.safetensors", name="val", lmbdas=cfg.lmbdas, metric=cfg.metric)
     points = ev.mean_curve(ev.evaluate(ev.learned_codec(infos), images))["val"]
-    results = [{"step": step, "quality": int(p["quality"]), "bpp": p["bpp"], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"]} for p in points]
+    results = [
+        {"step": step, "quality": int(p["quality"]), "bpp": p["bpp"], "psnr": p["psnr"], "ms_ssim": p["ms_ssim"]}
+        for p in points
+    ]
     path = out / "val.csv"
     new = not path.exists()
     with path.open("a", newline="") as handle:
@@ -606,7 +670,9 @@ class _Log:
     per log line and ``val/{bpp,psnr,ms_ssim}_q<level>`` per validation."""
 
     def __init__(self, path: Path, levels: int, tensorboard: Path | None = None):
-        self.columns = ["loss", "bpp", "psnr"] + ([f"{k}_q{i + 1}" for i in range(levels) for k in ("bpp", "psnr")] if levels > 1 else [])
+        self.columns = ["loss", "bpp", "psnr"] + (
+            [f"{k}_q{i + 1}" for i in range(levels) for k in ("bpp", "psnr")] if levels > 1 else []
+        )
         new = not path.exists()
         self.handle = path.open("a", newline="")
         self.writer = csv.writer(self.handle)

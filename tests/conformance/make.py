@@ -50,7 +50,8 @@ FAMILIES = ("gaussian", "gmm", "laplacian-mixture", "logistic-mixture", "gllmm")
 #: Tiny models code the i-th image at quality ``TINY_QUALITIES[i % 3]`` (1.5: between the two trained levels).
 TINY_QUALITIES = (1, 2, 1.5)
 #: Images with metadata (format version 3 files), in ``images/metadata/``, coded by ``METADATA_MODEL`` at both
-#: qualities: EXIF orientation 6 (coded upright) with a Display-P3 ICC profile, and orientation 1 with ICC, EXIF and XMP.
+#: qualities: EXIF orientation 6 (coded upright) with a Display-P3 ICC profile, and orientation 1 with ICC, EXIF
+#: and XMP.
 METADATA_IMAGES = ("p3-orientation6-40x24.png", "p3-exif-xmp-33x21.png")
 METADATA_MODEL = "models/tiny-crm-gllmm.safetensors"
 
@@ -93,7 +94,10 @@ def make_metadata_images() -> None:
     xmp.add_itxt("XML:com.adobe.xmp", xmp_packet().decode("utf-8"))
     options = {
         "p3-orientation6-40x24.png": (test_image(24, 40, 5), {"exif": phone_exif(orientation=6, maker_note=200)}),
-        "p3-exif-xmp-33x21.png": (test_image(21, 33, 6), {"exif": phone_exif(orientation=1, maker_note=100), "pnginfo": xmp}),
+        "p3-exif-xmp-33x21.png": (
+            test_image(21, 33, 6),
+            {"exif": phone_exif(orientation=1, maker_note=100), "pnginfo": xmp},
+        ),
     }
     for name, (pixels, extra) in options.items():
         if not (folder / name).exists():
@@ -139,7 +143,10 @@ def plan() -> list[tuple[str, str, float]]:
 
 
 def entry_id(model: str, image: str, quality: float) -> str:
-    return f"{Path(model).stem.split('@')[0]}{'-v' + model.split('@')[1] if '@' in model else ''}-{Path(image).stem}-q{quality:g}"
+    return (
+        f"{Path(model).stem.split('@')[0]}{'-v' + model.split('@')[1] if '@' in model else ''}"
+        f"-{Path(image).stem}-q{quality:g}"
+    )
 
 
 def weights(model: str) -> str:
@@ -187,8 +194,19 @@ def add_current(manifest: dict) -> None:
         data = codec.compress(Image.open(HERE / "images" / image), model=weights(model), quality=quality)
         (HERE / "files" / f"{ident}.mxc").write_bytes(data)
         pixels, latents = decoded_hashes(data)
-        manifest["entries"].append({"id": ident, "file": f"files/{ident}.mxc", "image": f"images/{image}", "model": model, "quality": quality,
-                                    "encoder": "current", "sha256": sha256(data), "pixels_sha256": pixels, "latents_sha256": latents})
+        manifest["entries"].append(
+            {
+                "id": ident,
+                "file": f"files/{ident}.mxc",
+                "image": f"images/{image}",
+                "model": model,
+                "quality": quality,
+                "encoder": "current",
+                "sha256": sha256(data),
+                "pixels_sha256": pixels,
+                "latents_sha256": latents,
+            }
+        )
         print(f"added {ident} ({len(data)} B)")
 
 
@@ -216,14 +234,30 @@ def add_release(manifest: dict, source: Path, commit: str) -> None:
             if ident in known:
                 continue
             out = HERE / "files" / f"{ident}.mxc"
-            proc = subprocess.run([sys.executable, "-c", _RELEASE_SCRIPT, str(HERE / "images" / image), str(out), "gllmm", str(quality)],
-                                  env=env, capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, "-c", _RELEASE_SCRIPT, str(HERE / "images" / image), str(out), "gllmm", str(quality)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             data = out.read_bytes()
             pixels, latents = decoded_hashes(data)
             if pixels != proc.stdout.strip():
                 sys.exit(f"{ident}: this build decodes other pixels than release {commit} did")
-            manifest["entries"].append({"id": ident, "file": f"files/{ident}.mxc", "image": f"images/{image}", "model": "gllmm", "quality": quality,
-                                        "encoder": commit, "sha256": sha256(data), "pixels_sha256": pixels, "latents_sha256": latents})
+            manifest["entries"].append(
+                {
+                    "id": ident,
+                    "file": f"files/{ident}.mxc",
+                    "image": f"images/{image}",
+                    "model": "gllmm",
+                    "quality": quality,
+                    "encoder": commit,
+                    "sha256": sha256(data),
+                    "pixels_sha256": pixels,
+                    "latents_sha256": latents,
+                }
+            )
             print(f"added {ident} ({len(data)} B), decoded as release {commit} did")
 
 
@@ -246,7 +280,11 @@ def check_entry(entry: dict) -> list[str]:
     if pixels != entry["pixels_sha256"]:
         problems.append(f"{entry['id']}: decodes to other pixels")
     header = bitstream.parse(data)[0]
-    model = weights(entry["model"]) if entry["encoder"] == "current" else str(find_written(header.model, header.digest).path)
+    model = (
+        weights(entry["model"])
+        if entry["encoder"] == "current"
+        else str(find_written(header.model, header.digest).path)
+    )
     again = codec.compress(Image.open(HERE / entry["image"]), model=find_model(model, entry["quality"]))
     if entry["encoder"] != "current":  # written before model digests: the same streams under the new digest
         old, new = bitstream.parse(data), bitstream.parse(again)
@@ -267,7 +305,9 @@ def main() -> None:
     manifest = read_manifest()
     if args.check:
         problems = [p for entry in manifest["entries"] for p in check_entry(entry)]
-        print("\n".join(problems) or f"all {len(manifest['entries'])} conformance files decode and re-encode as recorded")
+        print(
+            "\n".join(problems) or f"all {len(manifest['entries'])} conformance files decode and re-encode as recorded"
+        )
         sys.exit(1 if problems else 0)
     make_images()
     make_tiny_models()

@@ -17,8 +17,8 @@ bit-identical inputs with the same code.
 
 from __future__ import annotations
 
-import numpy as np
 import constriction
+import numpy as np
 
 from ..errors import FormatError
 from .distributions import LATENT_MAX, LATENT_MIN
@@ -82,7 +82,9 @@ def decode_symbols(decoder: RangeDecoder, pmf: np.ndarray, offsets: np.ndarray) 
 TABLE_CHUNK = 1 << 16
 
 
-def encode_table_symbols(encoder: RangeEncoder, values: np.ndarray, table: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> None:
+def encode_table_symbols(
+    encoder: RangeEncoder, values: np.ndarray, table: np.ndarray, offsets: np.ndarray, rows: np.ndarray
+) -> None:
     """:func:`encode_symbols` of ``values`` with ``pmf = table[rows]``, ``offsets[rows]``, the same
     bits, without building the ``(n, W)`` per-element table: the window symbols go in calls
     of :data:`TABLE_CHUNK` (a range coder codes a sequence the same in one call or
@@ -119,7 +121,10 @@ def decode_table_symbols(decoder: RangeDecoder, table: np.ndarray, offsets: np.n
     try:
         symbols = np.concatenate(
             [np.zeros(0, dtype=np.int64)]
-            + [decoder.decode(_CATEGORICAL, escaped[rows[start : start + TABLE_CHUNK]]).astype(np.int64) for start in range(0, rows.size, TABLE_CHUNK)]
+            + [
+                decoder.decode(_CATEGORICAL, escaped[rows[start : start + TABLE_CHUNK]]).astype(np.int64)
+                for start in range(0, rows.size, TABLE_CHUNK)
+            ]
         )
         values = symbols + offsets[rows]
         outside = symbols == width

@@ -81,9 +81,7 @@ def bin_mass(family: str, values: Tensor, means: Tensor, scales: Tensor) -> Tens
     """
     scales = lower_bound(scales, SCALE_MIN)
     distance = (values - means).abs()
-    interior = standard_cdf(family, (0.5 - distance) / scales) - standard_cdf(
-        family, (-0.5 - distance) / scales
-    )
+    interior = standard_cdf(family, (0.5 - distance) / scales) - standard_cdf(family, (-0.5 - distance) / scales)
     low_edge = standard_cdf(family, (LATENT_MIN + 0.5 - means) / scales)
     high_edge = standard_cdf(family, (means - (LATENT_MAX - 0.5)) / scales)
     mass = torch.where(values < LATENT_MIN + 0.5, low_edge, interior)

@@ -77,7 +77,9 @@ def tables() -> dict[str, Tensor]:
     """The shipped tables: CDFs as float64 (exact integers), ``exp``/``softplus`` as int64."""
     with resources.files("mixcodec.entropy").joinpath(_TABLE_FILE).open("rb") as handle:
         data = np.load(handle)
-        return {k: torch.from_numpy(data[k].astype(np.float64 if k.startswith("cdf_") else np.int64)) for k in data.files}
+        return {
+            k: torch.from_numpy(data[k].astype(np.float64 if k.startswith("cdf_") else np.int64)) for k in data.files
+        }
 
 
 # ----------------------------------------------------------------------------- networks
@@ -115,7 +117,13 @@ class IntegerAffine:
     def from_weight(cls, weight: Tensor, bias: Tensor, stride: int = 1, padding: int = 0) -> "IntegerAffine":
         weight = weight.detach().double().contiguous()
         bits = _weight_bits(weight)
-        return cls(torch.round(weight * 2.0**bits), torch.round(bias.detach().double() * 2.0 ** (bits + ACT_BITS)), bits, stride, padding)
+        return cls(
+            torch.round(weight * 2.0**bits),
+            torch.round(bias.detach().double() * 2.0 ** (bits + ACT_BITS)),
+            bits,
+            stride,
+            padding,
+        )
 
     def requantize(self, acc: Tensor) -> Tensor:
         return torch.floor(acc * 2.0**-self.bits + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
@@ -198,7 +206,9 @@ def _softmax_kernel(logits, exp_table, out):  # pragma: no cover (compiled)
 
 
 @numba.njit(cache=True, nogil=True)
-def _params_kernel(raw, families, components, exp_table, softplus_table, weights, means, scales):  # pragma: no cover (compiled)
+def _params_kernel(
+    raw, families, components, exp_table, softplus_table, weights, means, scales
+):  # pragma: no cover (compiled)
     """Mixture parameters of integer network outputs.
 
     ``raw`` ``(m, P * C)`` float64 holding integers (layout of :func:`~.distributions.param_blocks`);
@@ -224,7 +234,9 @@ def _params_kernel(raw, families, components, exp_table, softplus_table, weights
                 _softmax_kernel(logits[:components], exp_table, within)
                 for k in range(components):
                     weights[f, k, e] = (within[k] * across[f]) >> MIX_BITS if families > 1 else within[k]
-                    means[f, k, e] = min(max(np.int64(raw[p, (block + components + k) * channels + c]), -(1 << 19)), 1 << 19)
+                    means[f, k, e] = min(
+                        max(np.int64(raw[p, (block + components + k) * channels + c]), -(1 << 19)), 1 << 19
+                    )
                     x = np.int64(raw[p, (block + 2 * components + k) * channels + c])
                     scale = x << (SCALE_BITS - ACT_BITS) if x > limit else softplus_table[max(x, -limit) + limit]
                     scales[f, k, e] = max(scale, scale_min)
@@ -244,7 +256,16 @@ def integer_params(spec: MixtureSpec, raw: Tensor) -> IntegerMixture:
     shape = (families, components, raw.shape[0] * channels)
     weights, means, scales = (np.empty(shape, dtype=np.int64) for _ in range(3))
     table = tables()
-    _params_kernel(np.ascontiguousarray(raw.numpy()), families, components, table["exp"].numpy(), table["softplus"].numpy(), weights, means, scales)
+    _params_kernel(
+        np.ascontiguousarray(raw.numpy()),
+        families,
+        components,
+        table["exp"].numpy(),
+        table["softplus"].numpy(),
+        weights,
+        means,
+        scales,
+    )
     return IntegerMixture(weights, means, scales)
 
 
@@ -302,7 +323,9 @@ def _window_pmf_kernel(elements, lowest, width, weights, means, scales, cdf_tabl
                     previous = cdf
 
 
-def integer_window_pmf(spec: MixtureSpec, lowest: np.ndarray, width: int, mixture: IntegerMixture, elements: np.ndarray | None = None) -> np.ndarray:
+def integer_window_pmf(
+    spec: MixtureSpec, lowest: np.ndarray, width: int, mixture: IntegerMixture, elements: np.ndarray | None = None
+) -> np.ndarray:
     """Probabilities of the values ``lowest[i] + j`` (``j < width``) under the mixture of
     element ``elements[i]`` (default: element ``i``), in units of ``2**-PMF_BITS``.
 
@@ -319,7 +342,9 @@ def integer_window_pmf(spec: MixtureSpec, lowest: np.ndarray, width: int, mixtur
     lowest = np.asarray(lowest, dtype=np.int64)
     elements = np.arange(len(lowest)) if elements is None else np.asarray(elements, dtype=np.int64)
     out = np.zeros((len(lowest), width))
-    _window_pmf_kernel(elements, lowest, width, mixture.weights, mixture.means, mixture.scales, _cdf_tables(spec.families), out)
+    _window_pmf_kernel(
+        elements, lowest, width, mixture.weights, mixture.means, mixture.scales, _cdf_tables(spec.families), out
+    )
     return out
 
 
@@ -344,7 +369,10 @@ def _center_and_spread_kernel(weights, means, scales, center, spread):  # pragma
         for f in range(weights.shape[0]):
             for k in range(weights.shape[1]):
                 if weights[f, k, e] >= MIN_WEIGHT:
-                    reach = max(reach, abs(means[f, k, e] - (c << ACT_BITS)) + ((10 * scales[f, k, e]) >> (SCALE_BITS - ACT_BITS)))
+                    reach = max(
+                        reach,
+                        abs(means[f, k, e] - (c << ACT_BITS)) + ((10 * scales[f, k, e]) >> (SCALE_BITS - ACT_BITS)),
+                    )
         center[e] = c
         spread[e] = (reach + one - 1) // one
 
@@ -353,6 +381,9 @@ def integer_center_and_spread(mixture: IntegerMixture) -> tuple[np.ndarray, np.n
     """Per element ``(F, K, E)``: the mixture mean rounded to an integer and clipped to the
     latent range, and a half-width covering every component of weight >= ``MIN_WEIGHT``
     (``ceil(max |mean - center| + 10 scale)``); both ``(E,)`` int64 in latent units."""
-    center, spread = np.empty(mixture.weights.shape[2], dtype=np.int64), np.empty(mixture.weights.shape[2], dtype=np.int64)
+    center, spread = (
+        np.empty(mixture.weights.shape[2], dtype=np.int64),
+        np.empty(mixture.weights.shape[2], dtype=np.int64),
+    )
     _center_and_spread_kernel(mixture.weights, mixture.means, mixture.scales, center, spread)
     return center, spread

@@ -116,4 +116,7 @@ class FactorizedPrior(nn.Module):
         """:meth:`symbol_tables` as integers (PMF in units of ``2**-32``), to store with the
         weights: coding ``z`` then needs no floating point at all, so it is exact everywhere."""
         pmf, offsets = self.symbol_tables()
-        return {"z_pmf": torch.from_numpy(np.round(pmf * 2.0**32)).to(torch.int64), "z_offsets": torch.from_numpy(offsets)}
+        return {
+            "z_pmf": torch.from_numpy(np.round(pmf * 2.0**32)).to(torch.int64),
+            "z_offsets": torch.from_numpy(offsets),
+        }

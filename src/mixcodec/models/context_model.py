@@ -180,7 +180,11 @@ class ContextMixtureModel(nn.Module):
         self.context = MaskedConv2d(m, 2 * m, CONTEXT_KERNEL)
         h1, h2 = config.hidden
         self.entropy_parameters = nn.Sequential(
-            conv1x1(4 * m, h1), nn.LeakyReLU(), conv1x1(h1, h2), nn.LeakyReLU(), conv1x1(h2, self.spec.params_per_channel * m)
+            conv1x1(4 * m, h1),
+            nn.LeakyReLU(),
+            conv1x1(h1, h2),
+            nn.LeakyReLU(),
+            conv1x1(h2, self.spec.params_per_channel * m),
         )
         self.prior = FactorizedPrior(n)
         self.gains = QualityGains(config.qualities, m)

@@ -40,10 +40,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from ..errors import ConfigError, ModelNotFoundError
-from . import releases
 from ..bitstream import QUALITY_RESOLUTION
 from ..context_coding import IntegerContextCodec, IntegerHyperprior
+from ..errors import ConfigError, ModelNotFoundError
+from . import releases
 from .context_model import ContextMixtureModel, ModelConfig
 
 DEFAULT_MODEL = "gllmm"
@@ -160,8 +160,18 @@ def read_infos(path: Path) -> list[ModelInfo]:
         version = release.version if release is not None and version is None else version
     metric = meta.get("metric", "mse")
     return [
-        ModelInfo(name=name, quality=q + 1, path=path, sha256=digest, config=config, lmbda=float(lmbdas[q]), metric=metric, kodak=kodak[q],
-                  version=version, legacy_digests=legacy)
+        ModelInfo(
+            name=name,
+            quality=q + 1,
+            path=path,
+            sha256=digest,
+            config=config,
+            lmbda=float(lmbdas[q]),
+            metric=metric,
+            kodak=kodak[q],
+            version=version,
+            legacy_digests=legacy,
+        )
         for q in range(config.qualities)
     ]
 
@@ -201,7 +211,10 @@ def _at_quality(candidates: list[ModelInfo], quality: float | None) -> ModelInfo
         return candidates[(len(candidates) - 1) // 2]
     q = round(quality * QUALITY_RESOLUTION) / QUALITY_RESOLUTION
     if not 1 <= q <= len(candidates):
-        raise ModelNotFoundError(f"{candidates[0].label} has no quality {quality:g} (available: 1 to {len(candidates)}, fractions between two levels too)")
+        raise ModelNotFoundError(
+            f"{candidates[0].label} has no quality {quality:g} "
+            f"(available: 1 to {len(candidates)}, fractions between two levels too)"
+        )
     low = candidates[math.floor(q) - 1]
     if q == low.quality:
         return low
@@ -235,12 +248,18 @@ def find_model(name: str = DEFAULT_MODEL, quality: float | None = None) -> Model
             raise ModelNotFoundError(f"bad model version {version!r} in {name!r} (versions are numbers: {base}@1)")
         candidates = [i for i in candidates if i.version == int(version)]
         if not candidates:
-            raise ModelNotFoundError(f"{base} version {version} is not installed (installed: {_installed_summary([i for i in installed if i.name == base])})")
+            raise ModelNotFoundError(
+                f"{base} version {version} is not installed "
+                f"(installed: {_installed_summary([i for i in installed if i.name == base])})"
+            )
     newest = candidates[-1].version
     chosen = [i for i in candidates if i.version == newest]
     if len({i.sha256 for i in chosen}) > 1:
         files = sorted({str(i.path) for i in chosen})
-        raise ConfigError(f"{chosen[0].label} is held by weight files with different weights: {' and '.join(files)}; pass one of them with --model")
+        raise ConfigError(
+            f"{chosen[0].label} is held by weight files with different weights: {' and '.join(files)}; "
+            "pass one of them with --model"
+        )
     return _at_quality(chosen, quality)
 
 
@@ -259,18 +278,23 @@ def find_written(name: str, digest: bytes) -> ModelInfo:
     release = releases.find(digest.hex())
     if release is None:
         raise ModelNotFoundError(
-            f"the file was written with {name} weights {digest.hex()}, which are not installed (installed: {_installed_summary(installed)}); "
+            f"the file was written with {name} weights {digest.hex()}, which are not installed "
+            f"(installed: {_installed_summary(installed)}); "
             f"put their weight file in a folder listed in {MODELS_ENV}, or pass it with --model"
         )
     raise ModelNotFoundError(
-        f"the file was written with {release.name} version {release.version} (weights {digest.hex()}), which is not installed; "
-        f"its weight file is {release.file} in the mixcodec source repository: list that folder in {MODELS_ENV}, or pass the file with --model"
+        f"the file was written with {release.name} version {release.version} (weights {digest.hex()}), "
+        "which is not installed; "
+        f"its weight file is {release.file} in the mixcodec source repository: "
+        f"list that folder in {MODELS_ENV}, or pass the file with --model"
     )
 
 
 def newest_version(name: str) -> int:
     """The highest version of ``name`` installed or released (:mod:`.releases`; 0: none)."""
-    versions = [i.version or 0 for i in installed_models() if i.name == name] + [r.version for r in releases.catalog() if r.name == name]
+    versions = [i.version or 0 for i in installed_models() if i.name == name] + [
+        r.version for r in releases.catalog() if r.name == name
+    ]
     return max(versions, default=0)
 
 
@@ -311,7 +335,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"cannot read the weight file {path}: {exc}") from None
     if shares is not None:
         if len(shared) != len(shares["tensors"]) or tensors_digest(shared) != shares["sha256"]:
-            raise ConfigError(f"{path} shares tensors with {shares['file']}, which is missing or holds other values for them")
+            raise ConfigError(
+                f"{path} shares tensors with {shares['file']}, which is missing or holds other values for them"
+            )
         state.update(shared)
     return state
 
@@ -387,7 +413,9 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
 
 
 def _metadata_values(meta: dict) -> dict[str, str]:
-    return {key: json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value) for key, value in meta.items()}
+    return {
+        key: json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value) for key, value in meta.items()
+    }
 
 
 def _stored_tensors(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -405,7 +433,12 @@ def export_digest(state_dict: dict[str, torch.Tensor], config: ModelConfig) -> s
 
 
 def export(
-    state_dict: dict[str, torch.Tensor], config: ModelConfig, path: Path, base: Path | None = None, version: int = 1, **meta
+    state_dict: dict[str, torch.Tensor],
+    config: ModelConfig,
+    path: Path,
+    base: Path | None = None,
+    version: int = 1,
+    **meta,
 ) -> list[ModelInfo]:
     """Write an fp16 safetensors weight file with ``config``, ``version``, its digest and
     ``meta`` in its metadata; returns its :class:`ModelInfo` per quality.
@@ -421,7 +454,13 @@ def export(
     metadata = {"config": config.to_json(), VERSION_KEY: str(int(version)), DIGEST_KEY: model_digest(config, tensors)}
     if base is not None:
         with safe_open(str(base), framework="pt") as handle:
-            shared = [k for k in tensors if not k.startswith(TABLES_PREFIX) and k in handle.keys() and torch.equal(handle.get_tensor(k), tensors[k])]
+            shared = [
+                k
+                for k in tensors
+                if not k.startswith(TABLES_PREFIX)
+                and k in handle.keys()
+                and torch.equal(handle.get_tensor(k), tensors[k])
+            ]
         digest = tensors_digest({key: tensors.pop(key) for key in shared})
         metadata[SHARES_KEY] = json.dumps({"file": Path(base).name, "tensors": shared, "sha256": digest})
     metadata.update(_metadata_values(meta))

@@ -75,5 +75,13 @@ def hyper_synthesis(n: int, m: int) -> nn.Sequential:
     act = nn.LeakyReLU
     wide = m * 3 // 2
     return nn.Sequential(
-        conv3x3(n, n), act(), subpel_conv3x3(n, n, 2), act(), conv3x3(n, wide), act(), subpel_conv3x3(wide, wide, 2), act(), conv3x3(wide, 2 * m)
+        conv3x3(n, n),
+        act(),
+        subpel_conv3x3(n, n, 2),
+        act(),
+        conv3x3(n, wide),
+        act(),
+        subpel_conv3x3(wide, wide, 2),
+        act(),
+        conv3x3(wide, 2 * m),
     )
