@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from mixcodec.context_coding import IntegerContextCodec, IntegerHyperprior, causal_taps, schedule_steps, wavefront_slope
+from mixcodec import bitstream
+from mixcodec.context_coding import (
+    SCHEDULE_ORDERS,
+    IntegerContextCodec,
+    IntegerHyperprior,
+    Wavefront,
+    causal_taps,
+    wavefront_slope,
+)
 from mixcodec.layers import MaskedConv2d
 from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
 from mixcodec.models.registry import load
@@ -23,24 +31,32 @@ def test_the_taps_of_the_5x5_type_a_mask():
 
 
 @pytest.mark.parametrize("kernel", [3, 5, 7])
-def test_the_wavefront_codes_every_tap_of_a_position_in_an_earlier_step(kernel):
+@pytest.mark.parametrize("name", list(SCHEDULE_ORDERS))
+def test_every_schedule_codes_every_tap_of_a_position_in_an_earlier_step(name, kernel):
     taps = causal_taps(MaskedConv2d(1, 1, kernel).mask[0, 0])
-    slope = wavefront_slope(taps)
-    assert slope == kernel // 2 + 1  # the smallest slope that works for a type-A mask
     height, width = 6, 11
     step_of = {}
-    for step, (rows, cols) in enumerate(schedule_steps("wavefront", height, width, slope)):
+    for step, (rows, cols) in enumerate(SCHEDULE_ORDERS[name].steps(height, width, taps)):
         step_of.update({(r, c): step for r, c in zip(rows.tolist(), cols.tolist())})
     assert len(step_of) == height * width
     for (r, c), step in step_of.items():
         for dy, dx in taps:
             if (r + dy, c + dx) in step_of:
                 assert step_of[(r + dy, c + dx)] < step
-    # a smaller slope would not: some tap lands in the same or a later step
-    too_small = {}
-    for step, (rows, cols) in enumerate(schedule_steps("wavefront", height, width, slope - 1)):
-        too_small.update({(r, c): step for r, c in zip(rows.tolist(), cols.tolist())})
-    assert any(too_small.get((r + dy, c + dx), -1) >= s for (r, c), s in too_small.items() for dy, dx in taps)
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+def test_the_wavefront_slope_is_the_smallest_that_works(kernel):
+    taps = causal_taps(MaskedConv2d(1, 1, kernel).mask[0, 0])
+    slope = wavefront_slope(taps)
+    assert slope == kernel // 2 + 1
+    assert all(slope * dy + dx < 0 for dy, dx in taps)
+    assert any((slope - 1) * dy + dx >= 0 for dy, dx in taps)
+    assert len(Wavefront().steps(6, 11, taps)) == slope * 5 + 11
+
+
+def test_the_schedules_are_those_the_format_names():
+    assert tuple(SCHEDULE_ORDERS) == bitstream.SCHEDULES
 
 
 def test_a_mask_that_sees_the_present_is_refused():

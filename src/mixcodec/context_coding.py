@@ -10,14 +10,15 @@ that differs from the trained one):
 * :class:`IntegerContextCodec` codes ``ŷ`` given those features, with the causal
   taps of the model's masked context convolution and its entropy-parameter network.
 
-Decoding order of ``ŷ`` (the *schedule*), derived from the context mask:
+Decoding order of ``ŷ`` (the *schedule*, a :class:`Schedule` class each, given the
+causal taps of the context mask):
 
-* ``wavefront`` (default): position ``(h, w)`` depends on the taps ``(h + dy, w + dx)``
+* ``wavefront`` (default, :class:`Wavefront`): position ``(h, w)`` depends on the taps ``(h + dy, w + dx)``
   of the mask.  With ``s`` the smallest integer such that ``s·dy + dx < 0`` for every
   tap (:func:`wavefront_slope`; 3 for the 5x5 type-A mask), all positions with the
   same ``t = s·h + w`` are independent and are coded together: ``s(H - 1) + W`` steps
   instead of ``H * W``.
-* ``raster``: one position per step (for comparison only; same model, same bits
+* ``raster`` (:class:`Raster`): one position per step (for comparison only; same model, same bits
   up to the coder's rounding).
 
 Every step computes the entropy parameters from the windows of the latents decoded
@@ -32,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -72,18 +74,44 @@ def wavefront_slope(taps: list[tuple[int, int]]) -> int:
     return max([1] + [dx // -dy + 1 for dy, dx in taps if dy < 0])
 
 
-def schedule_steps(schedule: str, height: int, width: int, slope: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Positions ``(rows, cols)`` coded at each step, in coding order (``slope``: :func:`wavefront_slope`)."""
+class Schedule(Protocol):
+    """A decoding order of ``ŷ``: which latent positions each step codes.  Every tap of a
+    position must lie in an earlier step (or outside the grid).  A new order is a new
+    class here and a new name at the end of :data:`~.bitstream.SCHEDULES` (the format
+    stores its index)."""
+
+    def steps(self, height: int, width: int, taps: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Positions ``(rows, cols)`` of each step, in coding order, for causal ``taps``."""
+        ...
+
+
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    rows, cols = rows.ravel(), cols.ravel()
-    if schedule == "raster":
+    return rows.ravel(), cols.ravel()
+
+
+class Raster:
+    """One position per step, in raster order (for comparison: the same bits, ``H * W`` steps)."""
+
+    def steps(self, height: int, width: int, taps: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        rows, cols = _grid(height, width)
         return [(rows[i : i + 1], cols[i : i + 1]) for i in range(rows.size)]
-    if schedule != "wavefront":
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    t = slope * rows + cols
-    order = np.argsort(t, kind="stable")
-    bounds = np.flatnonzero(np.diff(t[order])) + 1
-    return [(rows[idx], cols[idx]) for idx in np.split(order, bounds)]
+
+
+class Wavefront:
+    """Every position with the same ``t = s·h + w`` in one step, ``s`` the
+    :func:`wavefront_slope` of the taps: ``s(H - 1) + W`` steps."""
+
+    def steps(self, height: int, width: int, taps: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        rows, cols = _grid(height, width)
+        t = wavefront_slope(taps) * rows + cols
+        order = np.argsort(t, kind="stable")
+        bounds = np.flatnonzero(np.diff(t[order])) + 1
+        return [(rows[idx], cols[idx]) for idx in np.split(order, bounds)]
+
+
+#: The decoding orders by the name a file stores (:data:`~.bitstream.SCHEDULES`, same order).
+SCHEDULE_ORDERS: dict[str, Schedule] = {"wavefront": Wavefront(), "raster": Raster()}
 
 
 def _pointwise(module: nn.Module) -> exact.IntegerAffine:
@@ -200,7 +228,6 @@ class IntegerContextCodec:
         self.spec: MixtureSpec = codec.spec
         self.channels: int = context.in_channels
         self.taps = causal_taps(context.mask[0, 0])
-        self.slope = wavefront_slope(self.taps)
         self.reach = context.kernel_size[0] // 2
         weight = context.weight.detach()  # (2m, m, k, k)
         k = self.reach
@@ -213,7 +240,9 @@ class IntegerContextCodec:
 
     def steps(self, schedule: str, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The positions of each step of ``schedule`` on a ``height x width`` latent grid."""
-        return schedule_steps(schedule, height, width, self.slope)
+        if schedule not in SCHEDULE_ORDERS:
+            raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        return SCHEDULE_ORDERS[schedule].steps(height, width, self.taps)
 
     def output_layer(self, active: np.ndarray) -> exact.IntegerAffine:
         """The last layer of the entropy-parameter network with only the outputs of the
