@@ -37,6 +37,32 @@ def _with_escape(pmf: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([pmf, escape], axis=1), dtype=np.float64)
 
 
+def _window_symbols(values: np.ndarray, offsets: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(symbols, escaped values)``: each value's column in its window (``width``, the
+    escape symbol, where it falls outside), and the values that fall outside, in order."""
+    values = values.astype(np.int64)
+    if values.min() < LATENT_MIN or values.max() > LATENT_MAX:
+        raise ValueError("value outside the latent range")
+    index = values - offsets
+    outside = (index < 0) | (index >= width)
+    return np.where(outside, width, index).astype(np.int32), values[outside]
+
+
+def _encode_escaped(encoder: RangeEncoder, escaped: np.ndarray) -> None:
+    """The values coded as the escape symbol, under the uniform model of the latent range."""
+    if escaped.size:
+        encoder.encode((escaped - LATENT_MIN).astype(np.int32), _UNIFORM)
+
+
+def _with_values(decoder: RangeDecoder, symbols: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
+    """The values of decoded window ``symbols``, reading the escaped ones from ``decoder``."""
+    values = symbols + offsets
+    outside = symbols == width
+    if outside.any():
+        values[outside] = decoder.decode(_UNIFORM, int(outside.sum())).astype(np.int64) + LATENT_MIN
+    return values
+
+
 def encode_symbols(encoder: RangeEncoder, values: np.ndarray, pmf: np.ndarray, offsets: np.ndarray) -> None:
     """Append ``values`` (int, shape ``(n,)``, inside the latent range) to ``encoder``.
 
@@ -46,16 +72,9 @@ def encode_symbols(encoder: RangeEncoder, values: np.ndarray, pmf: np.ndarray, o
     """
     if values.size == 0:
         return
-    values = values.astype(np.int64)
-    if values.min() < LATENT_MIN or values.max() > LATENT_MAX:
-        raise ValueError("value outside the latent range")
-    width = pmf.shape[1]
-    index = values - offsets
-    outside = (index < 0) | (index >= width)
-    symbols = np.where(outside, width, index).astype(np.int32)
+    symbols, escaped = _window_symbols(values, offsets, pmf.shape[1])
     encoder.encode(symbols, _CATEGORICAL, _with_escape(pmf))
-    if outside.any():
-        encoder.encode((values[outside] - LATENT_MIN).astype(np.int32), _UNIFORM)
+    _encode_escaped(encoder, escaped)
 
 
 def decode_symbols(decoder: RangeDecoder, pmf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -66,16 +85,11 @@ def decode_symbols(decoder: RangeDecoder, pmf: np.ndarray, offsets: np.ndarray) 
     """
     if pmf.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    width = pmf.shape[1]
     try:
         symbols = decoder.decode(_CATEGORICAL, _with_escape(pmf)).astype(np.int64)
-        values = symbols + offsets
-        outside = symbols == width
-        if outside.any():
-            values[outside] = decoder.decode(_UNIFORM, int(outside.sum())).astype(np.int64) + LATENT_MIN
+        return _with_values(decoder, symbols, offsets, pmf.shape[1])
     except AssertionError as exc:  # constriction's answer to words no encoder writes under these tables
         raise FormatError(f"damaged stream ({exc})") from None
-    return values
 
 
 #: Elements per coder call in :func:`encode_table_symbols` (bounds the per-element tables' memory).
@@ -95,19 +109,12 @@ def encode_table_symbols(
     """
     if values.size == 0:
         return
-    values = values.astype(np.int64)
-    if values.min() < LATENT_MIN or values.max() > LATENT_MAX:
-        raise ValueError("value outside the latent range")
-    width = table.shape[1]
-    index = values - offsets[rows]
-    outside = (index < 0) | (index >= width)
-    symbols = np.where(outside, width, index).astype(np.int32)
-    escaped = _with_escape(table)
+    symbols, escaped = _window_symbols(values, offsets[rows], table.shape[1])
+    with_escape = _with_escape(table)
     for start in range(0, values.size, TABLE_CHUNK):
         part = slice(start, start + TABLE_CHUNK)
-        encoder.encode(symbols[part], _CATEGORICAL, escaped[rows[part]])
-    if outside.any():
-        encoder.encode((values[outside] - LATENT_MIN).astype(np.int32), _UNIFORM)
+        encoder.encode(symbols[part], _CATEGORICAL, with_escape[rows[part]])
+    _encode_escaped(encoder, escaped)
 
 
 def decode_table_symbols(decoder: RangeDecoder, table: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -116,23 +123,18 @@ def decode_table_symbols(decoder: RangeDecoder, table: np.ndarray, offsets: np.n
     Raises:
         FormatError: the stream holds data that no encoder writes under these tables.
     """
-    width = table.shape[1]
-    escaped = _with_escape(table)
+    with_escape = _with_escape(table)
     try:
         symbols = np.concatenate(
             [np.zeros(0, dtype=np.int64)]
             + [
-                decoder.decode(_CATEGORICAL, escaped[rows[start : start + TABLE_CHUNK]]).astype(np.int64)
+                decoder.decode(_CATEGORICAL, with_escape[rows[start : start + TABLE_CHUNK]]).astype(np.int64)
                 for start in range(0, rows.size, TABLE_CHUNK)
             ]
         )
-        values = symbols + offsets[rows]
-        outside = symbols == width
-        if outside.any():
-            values[outside] = decoder.decode(_UNIFORM, int(outside.sum())).astype(np.int64) + LATENT_MIN
+        return _with_values(decoder, symbols, offsets[rows], table.shape[1])
     except AssertionError as exc:  # constriction's answer to words no encoder writes under these tables
         raise FormatError(f"damaged stream ({exc})") from None
-    return values
 
 
 def new_encoder() -> RangeEncoder:
