@@ -151,3 +151,30 @@ def test_bd_rate_leaves_out_undefined_points():
     assert bd_rate(RATES + [2.0], PSNRS + [nan], RATES, PSNRS) == pytest.approx(0.0, abs=1e-9)
     assert bd_rate(RATES, PSNRS, RATES, [nan] + PSNRS[1:]) == pytest.approx(0.0, abs=0.5)  # 4 points are enough
     assert np.isnan(bd_rate(RATES, PSNRS, RATES, [nan, nan] + PSNRS[2:]))
+
+
+def test_a_codec_whose_tools_are_missing_keeps_its_reused_rows(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mixcodec import cli
+    from mixcodec import eval as ev
+
+    data = tmp_path / "images"
+    data.mkdir()
+    Image.fromarray(smooth_image(40, 50)).save(data / "0.png")
+
+    def run(*extra):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        result = CliRunner().invoke(cli.main, ["eval", str(data), "--models", "", "-o", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        return {r.codec for r in read_rows(out / "rows.csv")}, out, result.output
+
+    codecs, first, _ = run("--codecs", "jpeg,webp")
+    assert codecs == {"jpeg", "webp"}
+    monkeypatch.setattr(
+        ev, "missing_tools", lambda name: f"{name} skipped: tool not installed" if name == "jpeg" else None
+    )
+    codecs, _, output = run("--codecs", "jpeg,webp", "--reuse", str(first / "rows.csv"))
+    assert codecs == {"jpeg", "webp"} and "its rows come from --reuse" in output
+    codecs, _, output = run("--codecs", "jpeg,webp")
+    assert codecs == {"webp"} and "jpeg skipped" in output

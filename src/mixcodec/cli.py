@@ -464,16 +464,22 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
         spec, effort = ev.split_effort(name)
         learned.append(ev.learned_codec(_model_set(spec, "+"), effort))
     under_test = list(learned)
+    reused = [r for path in reuse for r in ev.read_rows(path)]
     for name in filter(None, codecs.split(",")):
         if name not in available:
             raise BadInput(f"unknown codec {name!r} (known: {', '.join(available)})")
+        candidate = available[name]()
         note = ev.missing_tools(name)
-        if note:
-            click.echo(note, err=True)
-            continue
-        under_test.append(available[name]())
+        if note:  # a codec whose tools are missing still takes part when --reuse holds all its rows
+            needed = {(candidate.name, float(q), p.name) for q in candidate.qualities for p in images}
+            if needed <= {(r.codec, r.quality, r.image) for r in reused}:
+                click.echo(f"{name}: its tools are not installed here; its rows come from --reuse", err=True)
+            else:
+                click.echo(note, err=True)
+                continue
+        under_test.append(candidate)
     wanted = {(c.name, float(q), p.name) for c in under_test for q in c.qualities for p in images}
-    rows = [r for path in reuse for r in ev.read_rows(path) if (r.codec, r.quality, r.image) in wanted]
+    rows = [r for r in reused if (r.codec, r.quality, r.image) in wanted]
     with tqdm(total=len(wanted) - len(rows), unit="file", file=sys.stderr) as bar:
         for candidate in under_test:
             rows += ev.evaluate(candidate, images, progress=lambda: bar.update(1), done=rows)
