@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mixcodec.entropy import exact
@@ -204,3 +205,58 @@ def test_parameters_of_some_channels_are_those_channels_of_all(tiny_model):
         )
         np.testing.assert_array_equal(getattr(again, name), full, err_msg=name)
     assert len(np.unique(everything.means)) > 3  # the comparison is not between constants
+
+
+def test_integer_linear_is_the_float64_product_at_the_extreme_bounds():
+    """Weights ±(2**15 - 1) and inputs ±ACT_LIMIT of one sign make the largest sums the
+    bound allows (2**46.6, far beyond float32's 2**24); random ones of mixed signs the
+    usual case.  Output counts that are not multiples of the kernel's tile of four, and a
+    single position, are covered."""
+    g = np.random.default_rng(4)
+    top = 2**exact.WEIGHT_LIMIT_BITS - 1
+    for positions, inputs, outputs in ((1, 1536, 7), (11, 640, 18), (3, 5, 1)):
+        weights = g.integers(-top, top + 1, (inputs, outputs))
+        weights[:, 0] = top  # every product of output 0 is as large as it may be, all of one sign
+        x = g.integers(-int(exact.ACT_LIMIT), int(exact.ACT_LIMIT) + 1, (positions, inputs))
+        x[0] = exact.ACT_LIMIT
+        bias = g.integers(-(2**40), 2**40, outputs)
+        layer = exact.IntegerLinear(
+            np.ascontiguousarray(weights.T, dtype=np.float32), bias.astype(np.float64), bits=exact.ACT_BITS
+        )
+        got = layer.accumulate(torch.from_numpy(x.astype(np.float64)))
+        expected = x @ weights + bias  # int64: exact
+        assert expected[0, 0] == exact.ACT_LIMIT * top * inputs + bias[0]
+        np.testing.assert_array_equal(got.numpy().astype(np.int64), expected)
+        torch.testing.assert_close(layer(torch.from_numpy(x.astype(np.float64))), exact.requantize(got, layer.bits))
+
+
+def test_integer_linear_refuses_a_layer_whose_sums_could_exceed_2_to_53():
+    inputs = 2**12
+    rows = np.full((2, inputs), 2.0**exact.WEIGHT_LIMIT_BITS - 1, dtype=np.float32)
+    largest = exact.ACT_LIMIT * rows[0].sum(dtype=np.float64)  # 2**20 · 2**12 · (2**15 - 1) < 2**47
+    room = exact.FLOAT64_EXACT - largest
+    exact.IntegerLinear(rows, np.array([room - 1, -(room - 1)]), bits=0)  # the edge: still exact
+    with pytest.raises(ValueError, match="2\\*\\*53"):
+        exact.IntegerLinear(rows, np.array([0.0, -room]), bits=0)
+    with pytest.raises(ValueError, match="2\\*\\*53"):
+        exact.IntegerLinear(np.full((1, 2**19), 2.0**14, dtype=np.float32), np.zeros(1), bits=0)  # 2**53 exactly
+
+
+def test_sums_beyond_2_to_53_would_round():
+    """Why the bound is checked: past ``2**53`` the kernel's float64 sums are no longer the
+    integers (here ``2**53 + 1`` comes out as ``2**53``)."""
+    rows = np.array([[2.0**14] * 2**19 + [1.0]], dtype=np.float32)
+    x = np.full((1, rows.shape[1]), exact.ACT_LIMIT)
+    x[0, -1] = 1.0
+    out = np.empty((1, 1))
+    exact._linear_kernel(x, rows, np.zeros(1), out)
+    assert int(out[0, 0]) != 2**53 + 1 == int((x.astype(np.int64) @ rows.T.astype(np.int64))[0, 0])
+
+
+def test_integer_linear_columns_are_those_outputs_of_the_whole_layer():
+    g = torch.Generator().manual_seed(5)
+    layer = exact.IntegerLinear.from_weight(torch.randn(40, 9, generator=g), torch.randn(9, generator=g))
+    x = exact.to_fixed(torch.randn(6, 40, generator=g) * 30)
+    some = np.array([8, 0, 3, 4, 5])
+    torch.testing.assert_close(layer.columns(some)(x), layer(x)[:, some], rtol=0, atol=0)
+    assert len(torch.unique(layer(x))) > 10

@@ -30,7 +30,6 @@ that are zero everywhere are flagged and skipped.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -114,7 +113,7 @@ class Wavefront:
 SCHEDULE_ORDERS: dict[str, Schedule] = {"wavefront": Wavefront(), "raster": Raster()}
 
 
-def _pointwise(module: nn.Module) -> exact.IntegerAffine:
+def _pointwise(module: nn.Module) -> exact.IntegerLinear:
     """The integer twin of a 1x1, stride-1 convolution as an affine map of positions."""
     if (
         not isinstance(module, nn.Conv2d)
@@ -123,10 +122,10 @@ def _pointwise(module: nn.Module) -> exact.IntegerAffine:
         or module.groups != 1
     ):
         raise TypeError(f"no pointwise integer twin for {module}")
-    return exact.IntegerAffine.from_weight(module.weight[:, :, 0, 0].T, module.bias)
+    return exact.IntegerLinear.from_weight(module.weight[:, :, 0, 0].T, module.bias)
 
 
-def _pointwise_network(network: nn.Sequential) -> tuple[list, exact.IntegerAffine]:
+def _pointwise_network(network: nn.Sequential) -> tuple[list, exact.IntegerLinear]:
     """``(hidden ops, output layer)`` of an ``nn.Sequential`` of 1x1 convolutions and
     LeakyReLU(0.01) ending in a convolution; anything else is refused."""
     *hidden, last = list(network)
@@ -137,7 +136,7 @@ def _pointwise_network(network: nn.Sequential) -> tuple[list, exact.IntegerAffin
                 raise ValueError("only LeakyReLU(0.01) has an integer twin")
             ops.append(exact.leaky_relu)
         else:
-            ops.append(_pointwise(module).linear)
+            ops.append(_pointwise(module))
     return ops, _pointwise(last)
 
 
@@ -232,9 +231,9 @@ class IntegerContextCodec:
         weight = context.weight.detach()  # (2m, m, k, k)
         k = self.reach
         taps = torch.stack([weight[:, :, k + dy, k + dx] for dy, dx in self.taps], dim=-1)
-        self.context = exact.IntegerAffine.from_weight(taps.reshape(context.out_channels, -1).T, context.bias)
+        self.context = exact.IntegerLinear.from_weight(taps.reshape(context.out_channels, -1).T, context.bias)
         self.hidden, self.output = _pointwise_network(codec.entropy_parameters)
-        self._output: tuple[bytes, exact.IntegerAffine] = (np.arange(self.channels).tobytes(), self.output)
+        self._output: tuple[bytes, exact.IntegerLinear] = (np.arange(self.channels).tobytes(), self.output)
         self._tap_rows = torch.tensor([dy for dy, _ in self.taps])[None]
         self._tap_cols = torch.tensor([dx for _, dx in self.taps])[None]
 
@@ -244,7 +243,7 @@ class IntegerContextCodec:
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
         return SCHEDULE_ORDERS[schedule].steps(height, width, self.taps)
 
-    def output_layer(self, active: np.ndarray) -> exact.IntegerAffine:
+    def output_layer(self, active: np.ndarray) -> exact.IntegerLinear:
         """The last layer of the entropy-parameter network with only the outputs of the
         channels ``active`` (``P`` blocks of ``len(active)`` columns).  Its results are
         those columns of the whole layer, bit for bit (sums of integers below ``2**53``
@@ -256,10 +255,7 @@ class IntegerContextCodec:
         cached_key, layer = self._output
         if cached_key != key:
             blocks = np.arange(self.spec.params_per_channel)[:, None] * self.channels
-            columns = torch.from_numpy((blocks + active[None]).ravel())
-            layer = dataclasses.replace(
-                self.output, weight=self.output.weight[:, columns].contiguous(), bias=self.output.bias[columns]
-            )
+            layer = self.output.columns((blocks + active[None]).ravel())
             self._output = (key, layer)
         return layer
 
@@ -281,11 +277,11 @@ class IntegerContextCodec:
         r = torch.from_numpy(rows + self.reach)[:, None] + self._tap_rows
         c = torch.from_numpy(cols + self.reach)[:, None] + self._tap_cols
         windows = y_padded[:, r, c].permute(1, 0, 2).reshape(len(rows), -1)  # (positions, m * taps)
-        context = self.context.linear(exact.to_fixed(windows))
+        context = self.context(exact.to_fixed(windows))
         x = torch.cat([hyper[:, torch.from_numpy(rows), torch.from_numpy(cols)].T.double(), context], dim=1)
         for op in self.hidden:
             x = op(x)
-        return exact.integer_params(self.spec, self.output_layer(active).linear(x))
+        return exact.integer_params(self.spec, self.output_layer(active)(x))
 
     def compress(self, y_hat: Tensor, hyper: Tensor, schedule: str = "wavefront") -> tuple[bytes, np.ndarray]:
         """Range-code ``ŷ`` (``(1, m, H, W)`` integers) given the hyper features of its ``ẑ``.

@@ -11,7 +11,8 @@ integer arithmetic:
   exact binary exponent of the largest weight), activations are integers in units
   of ``2**-ACT_BITS`` clipped to ``±ACT_LIMIT``.  Convolutions run in float64 on
   these integers; every product and partial sum stays below ``2**53``, so the
-  result is exact whatever the summation order.  Rescaling uses powers of two and
+  result is exact whatever the summation order (1x1 layers of positions:
+  :class:`IntegerLinear`, a compiled kernel with float32 weights and float64 sums).  Rescaling uses powers of two and
   ``floor``; LeakyReLU multiplies by 0.01 (one correctly rounded IEEE operation)
   and floors.
 * **Mixture parameters**: softmax and softplus come from integer lookup tables;
@@ -101,7 +102,8 @@ def _weight_bits(weight: Tensor) -> int:
 
 @dataclass
 class IntegerAffine:
-    """``y = requantize(x @ W + b)`` or a convolution, with integer W and b.
+    """A convolution ``y = requantize(conv(x, W) + b)`` with integer W and b (1x1 layers of
+    positions: :class:`IntegerLinear`).
 
     ``weight`` is a float64 tensor of integers in units of ``2**-bits``; ``bias`` is
     in units of ``2**-(bits + ACT_BITS)``, so the accumulator is in those units too.
@@ -125,16 +127,109 @@ class IntegerAffine:
             padding,
         )
 
-    def requantize(self, acc: Tensor) -> Tensor:
-        return torch.floor(acc * 2.0**-self.bits + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
-
     def conv(self, x: Tensor) -> Tensor:
         """``x``: ``(B, C, H, W)`` integers; weight ``(O, C, k, k)``."""
-        return self.requantize(F.conv2d(x, self.weight, self.bias, self.stride, self.padding))
+        return requantize(F.conv2d(x, self.weight, self.bias, self.stride, self.padding), self.bits)
 
-    def linear(self, x: Tensor) -> Tensor:
-        """``x``: ``(m, C)`` integers; weight ``(C, O)``."""
-        return self.requantize(x @ self.weight + self.bias)
+
+def requantize(acc: Tensor, bits: int) -> Tensor:
+    """Accumulator (units ``2**-(bits + ACT_BITS)``) -> activation (units ``2**-ACT_BITS``):
+    round half up, clip to ``±ACT_LIMIT``."""
+    return torch.floor(acc * 2.0**-bits + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+#: Integers of magnitude up to this are exact in float64 (so are sums that stay within it).
+FLOAT64_EXACT = 2.0**53
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _linear_kernel(x, rows, bias, out):  # pragma: no cover (compiled)
+    """``out[p, o] = bias[o] + Σ_c x[p, c] · rows[o, c]`` in float64.
+
+    Shapes: ``x`` ``(P, C)`` float64, ``rows`` ``(O, C)`` float32, ``bias`` ``(O,)`` float64,
+    ``out`` ``(P, O)`` float64; all hold integers.  Four outputs at a time (each ``x[p, c]``
+    is loaded once for four weights); the sums over ``c`` may be reordered, vectorized and
+    contracted to FMAs (``fastmath`` reassoc/contract): with every product and partial sum an
+    integer below ``FLOAT64_EXACT`` (:class:`IntegerLinear` checks it) no operation rounds,
+    so any order gives the same integers.
+    """
+    positions, inputs = x.shape
+    outputs = rows.shape[0]
+    tiled = outputs - outputs % 4
+    for o in range(0, tiled, 4):
+        for p in range(positions):
+            a0 = a1 = a2 = a3 = 0.0
+            for c in range(inputs):
+                v = x[p, c]
+                a0 += v * rows[o, c]
+                a1 += v * rows[o + 1, c]
+                a2 += v * rows[o + 2, c]
+                a3 += v * rows[o + 3, c]
+            out[p, o] = a0 + bias[o]
+            out[p, o + 1] = a1 + bias[o + 1]
+            out[p, o + 2] = a2 + bias[o + 2]
+            out[p, o + 3] = a3 + bias[o + 3]
+    for o in range(tiled, outputs):
+        for p in range(positions):
+            a0 = 0.0
+            for c in range(inputs):
+                a0 += x[p, c] * rows[o, c]
+            out[p, o] = a0 + bias[o]
+
+
+@dataclass(frozen=True)
+class IntegerLinear:
+    """``y = requantize(x @ W + b)`` of positions ``(P, C) -> (P, O)``: the integer twin of a
+    1x1 convolution (or of the taps of a context convolution), rounded as :class:`IntegerAffine`.
+
+    Evaluated by a compiled kernel that reads the weights as float32 (exact: they are integers
+    below ``2**WEIGHT_LIMIT_BITS < 2**24``), a quarter of the bytes of a float64 GEMM's
+    operand, and accumulates in float64: the same integers as ``x @ W + b`` in float64,
+    bit for bit, because no partial sum can reach :data:`FLOAT64_EXACT` for inputs within
+    ``±ACT_LIMIT`` (checked at construction).  At the few positions of a wavefront step
+    reading the weights is what costs, about 3x less than the float64 GEMM.
+
+    Attributes:
+        rows: ``(O, C)`` float32, ``W`` transposed, integers in units of ``2**-bits``.
+        bias: ``(O,)`` float64, integers in units of ``2**-(bits + ACT_BITS)``.
+        bits: fraction bits of the weights.
+
+    Raises:
+        ValueError: some output's bound ``ACT_LIMIT · Σ_c |w| + |b|`` reaches ``FLOAT64_EXACT``.
+    """
+
+    rows: np.ndarray
+    bias: np.ndarray
+    bits: int
+
+    def __post_init__(self) -> None:
+        bound = ACT_LIMIT * np.abs(self.rows).sum(axis=1, dtype=np.float64) + np.abs(self.bias)
+        if bound.size and bound.max() >= FLOAT64_EXACT:
+            raise ValueError("an output of this layer could exceed 2**53: its integer twin would not be exact")
+
+    @classmethod
+    def from_weight(cls, weight: Tensor, bias: Tensor) -> "IntegerLinear":
+        """From float ``weight`` ``(C, O)`` and ``bias`` ``(O,)`` (rounded as :meth:`IntegerAffine.from_weight`)."""
+        affine = IntegerAffine.from_weight(weight, bias)
+        rows = np.ascontiguousarray(affine.weight.numpy().T, dtype=np.float32)
+        if not np.array_equal(rows, affine.weight.numpy().T):  # cannot happen for |w| <= 2**WEIGHT_LIMIT_BITS
+            raise ValueError("the integer weights are not exact in float32")
+        return cls(rows, affine.bias.numpy().copy(), affine.bits)
+
+    def columns(self, outputs: np.ndarray) -> "IntegerLinear":
+        """The layer restricted to the outputs ``outputs`` (``(n,)`` indices): those columns of its results."""
+        return IntegerLinear(np.ascontiguousarray(self.rows[outputs]), self.bias[outputs], self.bits)
+
+    def accumulate(self, x: Tensor) -> Tensor:
+        """``x @ W + b`` before requantization: ``(P, C)`` float64 integers within ``±ACT_LIMIT``
+        -> ``(P, O)`` float64 integers in units of ``2**-(bits + ACT_BITS)``."""
+        out = np.empty((x.shape[0], self.rows.shape[0]))
+        _linear_kernel(np.ascontiguousarray(x.numpy()), self.rows, self.bias, out)
+        return torch.from_numpy(out)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``x``: ``(P, C)`` float64 integers within ``±ACT_LIMIT`` -> ``(P, O)`` float64 activations."""
+        return requantize(self.accumulate(x), self.bits)
 
 
 def leaky_relu(x: Tensor) -> Tensor:
