@@ -260,3 +260,18 @@ def test_integer_linear_columns_are_those_outputs_of_the_whole_layer():
     some = np.array([8, 0, 3, 4, 5])
     torch.testing.assert_close(layer.columns(some)(x), layer(x)[:, some], rtol=0, atol=0)
     assert len(torch.unique(layer(x))) > 10
+
+
+def test_compiled_activations_are_the_torch_arithmetic():
+    """Every integer activation: the compiled LeakyReLU rounds ``0.01 x`` and ``+ 0.5``
+    separately (a kernel contracted to an FMA differs at one of the 2**20 negative values),
+    and requantization rounds half up and clips."""
+    x = torch.arange(-exact.ACT_LIMIT, exact.ACT_LIMIT + 1, dtype=torch.float64)
+    leaky = torch.where(x < 0, torch.floor(x * 0.01 + 0.5), x)
+    torch.testing.assert_close(exact.leaky_relu(x), leaky, rtol=0, atol=0)
+    acc = x * 2.0**3 + torch.arange(len(x)) % 8 - 4  # every fraction, ties included
+    for bits in (0, 3):
+        expected = torch.floor(acc * 2.0**-bits + 0.5).clamp(-exact.ACT_LIMIT, exact.ACT_LIMIT)
+        torch.testing.assert_close(exact.requantize(acc, bits), expected, rtol=0, atol=0)
+        expected = torch.where(expected < 0, torch.floor(expected * 0.01 + 0.5), expected)
+        torch.testing.assert_close(exact.requantize(acc, bits, leaky=True), expected, rtol=0, atol=0)

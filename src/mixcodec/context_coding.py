@@ -30,6 +30,7 @@ that are zero everywhere are flagged and skipped.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -125,19 +126,24 @@ def _pointwise(module: nn.Module) -> exact.IntegerLinear:
     return exact.IntegerLinear.from_weight(module.weight[:, :, 0, 0].T, module.bias)
 
 
-def _pointwise_network(network: nn.Sequential) -> tuple[list, exact.IntegerLinear]:
-    """``(hidden ops, output layer)`` of an ``nn.Sequential`` of 1x1 convolutions and
-    LeakyReLU(0.01) ending in a convolution; anything else is refused."""
-    *hidden, last = list(network)
-    ops = []
-    for module in hidden:
-        if isinstance(module, nn.LeakyReLU):
-            if module.negative_slope != 0.01:
-                raise ValueError("only LeakyReLU(0.01) has an integer twin")
-            ops.append(exact.leaky_relu)
+def _pointwise_network(network: nn.Sequential) -> tuple[list[exact.IntegerLinear], exact.IntegerLinear]:
+    """``(hidden layers, output layer)`` of an ``nn.Sequential`` of 1x1 convolutions, each
+    optionally followed by a LeakyReLU(0.01) (folded into the layer), ending in a convolution;
+    anything else is refused."""
+    layers: list[exact.IntegerLinear] = []
+    for module in network:
+        if not isinstance(module, nn.LeakyReLU):
+            layers.append(_pointwise(module))
+        elif module.negative_slope != 0.01:
+            raise ValueError("only LeakyReLU(0.01) has an integer twin")
+        elif not layers or layers[-1].leaky:
+            raise ValueError("a LeakyReLU must follow a 1x1 convolution")
         else:
-            ops.append(_pointwise(module))
-    return ops, _pointwise(last)
+            layers[-1] = dataclasses.replace(layers[-1], leaky=True)
+    *hidden, last = layers
+    if last.leaky:
+        raise ValueError("the entropy-parameter network must end in a convolution")
+    return hidden, last
 
 
 @dataclass(frozen=True)
@@ -279,8 +285,8 @@ class IntegerContextCodec:
         windows = y_padded[:, r, c].permute(1, 0, 2).reshape(len(rows), -1)  # (positions, m * taps)
         context = self.context(exact.to_fixed(windows))
         x = torch.cat([hyper[:, torch.from_numpy(rows), torch.from_numpy(cols)].T.double(), context], dim=1)
-        for op in self.hidden:
-            x = op(x)
+        for layer in self.hidden:
+            x = layer(x)
         return exact.integer_params(self.spec, self.output_layer(active)(x))
 
     def compress(self, y_hat: Tensor, hyper: Tensor, schedule: str = "wavefront") -> tuple[bytes, np.ndarray]:

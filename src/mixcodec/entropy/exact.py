@@ -132,10 +132,35 @@ class IntegerAffine:
         return requantize(F.conv2d(x, self.weight, self.bias, self.stride, self.padding), self.bits)
 
 
-def requantize(acc: Tensor, bits: int) -> Tensor:
+@numba.njit(cache=True, nogil=True)
+def _leaky(x):  # pragma: no cover (compiled)
+    """The integer LeakyReLU of one value: ``floor(0.01 x + 0.5)`` below 0 (two roundings, no FMA)."""
+    return np.floor(x * 0.01 + 0.5) if x < 0 else x
+
+
+@numba.njit(cache=True, nogil=True)
+def _requantize_kernel(acc, scale, leaky, out):  # pragma: no cover (compiled)
+    """``out = clip(floor(acc · scale + 0.5), ±ACT_LIMIT)``, then :func:`_leaky` where ``leaky``;
+    ``acc``, ``out``: flat float64.  Not ``fastmath``: each operation rounds as IEEE says."""
+    for i in range(acc.shape[0]):
+        y = min(max(np.floor(acc[i] * scale + 0.5), -ACT_LIMIT), ACT_LIMIT)
+        out[i] = _leaky(y) if leaky else y
+
+
+@numba.njit(cache=True, nogil=True)
+def _leaky_kernel(x, out):  # pragma: no cover (compiled)
+    for i in range(x.shape[0]):
+        out[i] = _leaky(x[i])
+
+
+def requantize(acc: Tensor, bits: int, leaky: bool = False) -> Tensor:
     """Accumulator (units ``2**-(bits + ACT_BITS)``) -> activation (units ``2**-ACT_BITS``):
-    round half up, clip to ``±ACT_LIMIT``."""
-    return torch.floor(acc * 2.0**-bits + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
+    round half up, clip to ``±ACT_LIMIT``; then, if ``leaky``, :func:`leaky_relu`.  A new
+    float64 tensor of the shape of ``acc``."""
+    values = np.ascontiguousarray(acc.numpy())
+    out = np.empty_like(values)
+    _requantize_kernel(values.reshape(-1), 2.0**-bits, leaky, out.reshape(-1))
+    return torch.from_numpy(out)
 
 
 #: Integers of magnitude up to this are exact in float64 (so are sums that stay within it).
@@ -179,8 +204,9 @@ def _linear_kernel(x, rows, bias, out):  # pragma: no cover (compiled)
 
 @dataclass(frozen=True)
 class IntegerLinear:
-    """``y = requantize(x @ W + b)`` of positions ``(P, C) -> (P, O)``: the integer twin of a
-    1x1 convolution (or of the taps of a context convolution), rounded as :class:`IntegerAffine`.
+    """``y = requantize(x @ W + b)`` of positions ``(P, C) -> (P, O)``, then the integer LeakyReLU
+    if ``leaky``: the integer twin of a 1x1 convolution (or of the taps of a context
+    convolution) and of the activation after it, rounded as :class:`IntegerAffine`.
 
     Evaluated by a compiled kernel that reads the weights as float32 (exact: they are integers
     below ``2**WEIGHT_LIMIT_BITS < 2**24``), a quarter of the bytes of a float64 GEMM's
@@ -193,6 +219,7 @@ class IntegerLinear:
         rows: ``(O, C)`` float32, ``W`` transposed, integers in units of ``2**-bits``.
         bias: ``(O,)`` float64, integers in units of ``2**-(bits + ACT_BITS)``.
         bits: fraction bits of the weights.
+        leaky: whether :func:`leaky_relu` follows.
 
     Raises:
         ValueError: some output's bound ``ACT_LIMIT · Σ_c |w| + |b|`` reaches ``FLOAT64_EXACT``.
@@ -201,6 +228,7 @@ class IntegerLinear:
     rows: np.ndarray
     bias: np.ndarray
     bits: int
+    leaky: bool = False
 
     def __post_init__(self) -> None:
         bound = ACT_LIMIT * np.abs(self.rows).sum(axis=1, dtype=np.float64) + np.abs(self.bias)
@@ -218,7 +246,7 @@ class IntegerLinear:
 
     def columns(self, outputs: np.ndarray) -> "IntegerLinear":
         """The layer restricted to the outputs ``outputs`` (``(n,)`` indices): those columns of its results."""
-        return IntegerLinear(np.ascontiguousarray(self.rows[outputs]), self.bias[outputs], self.bits)
+        return IntegerLinear(np.ascontiguousarray(self.rows[outputs]), self.bias[outputs], self.bits, self.leaky)
 
     def accumulate(self, x: Tensor) -> Tensor:
         """``x @ W + b`` before requantization: ``(P, C)`` float64 integers within ``±ACT_LIMIT``
@@ -229,12 +257,17 @@ class IntegerLinear:
 
     def __call__(self, x: Tensor) -> Tensor:
         """``x``: ``(P, C)`` float64 integers within ``±ACT_LIMIT`` -> ``(P, O)`` float64 activations."""
-        return requantize(self.accumulate(x), self.bits)
+        out = self.accumulate(x).numpy()
+        _requantize_kernel(out.reshape(-1), 2.0**-self.bits, self.leaky, out.reshape(-1))  # in place
+        return torch.from_numpy(out)
 
 
 def leaky_relu(x: Tensor) -> Tensor:
-    """Integer LeakyReLU with slope 0.01 (as ``nn.LeakyReLU()``)."""
-    return torch.where(x < 0, torch.floor(x * 0.01 + 0.5), x)
+    """Integer LeakyReLU with slope 0.01 (as ``nn.LeakyReLU()``): a new float64 tensor."""
+    values = np.ascontiguousarray(x.double().numpy())
+    out = np.empty_like(values)
+    _leaky_kernel(values.reshape(-1), out.reshape(-1))
+    return torch.from_numpy(out)
 
 
 class IntegerSequential:
