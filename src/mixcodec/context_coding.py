@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numba
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -240,8 +241,8 @@ class IntegerContextCodec:
         self.context = exact.IntegerLinear.from_weight(taps.reshape(context.out_channels, -1).T, context.bias)
         self.hidden, self.output = _pointwise_network(codec.entropy_parameters)
         self._output: tuple[bytes, exact.IntegerLinear] = (np.arange(self.channels).tobytes(), self.output)
-        self._tap_rows = torch.tensor([dy for dy, _ in self.taps])[None]
-        self._tap_cols = torch.tensor([dx for _, dx in self.taps])[None]
+        self._tap_rows = np.array([dy for dy, _ in self.taps]) + self.reach
+        self._tap_cols = np.array([dx for _, dx in self.taps]) + self.reach
 
     def steps(self, schedule: str, height: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The positions of each step of ``schedule`` on a ``height x width`` latent grid."""
@@ -280,10 +281,9 @@ class IntegerContextCodec:
             y_padded: decoded latents so far (:meth:`padded`).
             hyper: :meth:`IntegerHyperprior.hyper` of ``ẑ``.
         """
-        r = torch.from_numpy(rows + self.reach)[:, None] + self._tap_rows
-        c = torch.from_numpy(cols + self.reach)[:, None] + self._tap_cols
-        windows = y_padded[:, r, c].permute(1, 0, 2).reshape(len(rows), -1)  # (positions, m * taps)
-        context = self.context(exact.to_fixed(windows))
+        windows = np.empty((len(rows), self.channels * len(self.taps)))
+        _fixed_windows(y_padded.numpy(), rows, cols, self._tap_rows, self._tap_cols, windows)
+        context = self.context(torch.from_numpy(windows))
         x = torch.cat([hyper[:, torch.from_numpy(rows), torch.from_numpy(cols)].T.double(), context], dim=1)
         for layer in self.hidden:
             x = layer(x)
@@ -380,6 +380,21 @@ class IntegerContextCodec:
                     done = int(np.searchsorted(last_step, step, side="right"))
                     on_rows(done, latents)
         return latents
+
+
+@numba.njit(cache=True, nogil=True)
+def _fixed_windows(y_padded, rows, cols, tap_rows, tap_cols, out):  # pragma: no cover (compiled)
+    """``out[p, c · T + t] = y_padded[c, rows[p] + tap_rows[t], cols[p] + tap_cols[t]] · 2**ACT_BITS``:
+    the ``T`` causal taps of each of the ``P`` positions, channel-major as the context layer's
+    inputs, in fixed point (the latents are integers within ``±2**8``, so the scaling is
+    :func:`~.entropy.exact.to_fixed`, exactly).  ``y_padded``: :meth:`IntegerContextCodec.padded`;
+    ``rows``, ``cols``: ``(P,)`` latent positions; ``tap_rows``/``tap_cols``: ``(T,)`` offsets
+    into the padded grid; ``out``: ``(P, m · T)`` float64."""
+    taps = tap_rows.shape[0]
+    for p in range(rows.shape[0]):
+        for c in range(y_padded.shape[0]):
+            for t in range(taps):
+                out[p, c * taps + t] = y_padded[c, rows[p] + tap_rows[t], cols[p] + tap_cols[t]] * 2.0**exact.ACT_BITS
 
 
 def _pmf_groups(spec: MixtureSpec, mixture: exact.IntegerMixture) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
