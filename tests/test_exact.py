@@ -210,11 +210,11 @@ def test_parameters_of_some_channels_are_those_channels_of_all(tiny_model):
 def test_integer_linear_is_the_float64_product_at_the_extreme_bounds():
     """Weights ±(2**15 - 1) and inputs ±ACT_LIMIT of one sign make the largest sums the
     bound allows (2**46.6, far beyond float32's 2**24); random ones of mixed signs the
-    usual case.  Output counts that are not multiples of the kernel's tile of four, and a
-    single position, are covered."""
+    usual case.  Output counts that are not multiples of the kernel's tile of four, a
+    single position, and more positions than the kernel takes (the GEMM) are covered."""
     g = np.random.default_rng(4)
     top = 2**exact.WEIGHT_LIMIT_BITS - 1
-    for positions, inputs, outputs in ((1, 1536, 7), (11, 640, 18), (3, 5, 1)):
+    for positions, inputs, outputs in ((1, 1536, 7), (11, 640, 18), (3, 5, 1), (exact.KERNEL_POSITIONS + 1, 64, 5)):
         weights = g.integers(-top, top + 1, (inputs, outputs))
         weights[:, 0] = top  # every product of output 0 is as large as it may be, all of one sign
         x = g.integers(-int(exact.ACT_LIMIT), int(exact.ACT_LIMIT) + 1, (positions, inputs))

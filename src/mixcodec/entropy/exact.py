@@ -165,6 +165,10 @@ def requantize(acc: Tensor, bits: int, leaky: bool = False) -> Tensor:
 
 #: Integers of magnitude up to this are exact in float64 (so are sums that stay within it).
 FLOAT64_EXACT = 2.0**53
+#: Most positions :class:`IntegerLinear` evaluates with its kernel (faster than a float64 GEMM
+#: up to about this many on one core; beyond, the GEMM's blocking wins: 2.5x at 4096 positions
+#: of the 1536-input context layer).
+KERNEL_POSITIONS = 512
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -250,7 +254,11 @@ class IntegerLinear:
 
     def accumulate(self, x: Tensor) -> Tensor:
         """``x @ W + b`` before requantization: ``(P, C)`` float64 integers within ``±ACT_LIMIT``
-        -> ``(P, O)`` float64 integers in units of ``2**-(bits + ACT_BITS)``."""
+        -> ``(P, O)`` float64 integers in units of ``2**-(bits + ACT_BITS)``.  Up to
+        :data:`KERNEL_POSITIONS` positions by the kernel, more by a float64 GEMM (cache-blocked,
+        threaded: faster there); the same integers."""
+        if x.shape[0] > KERNEL_POSITIONS:
+            return torch.addmm(torch.from_numpy(self.bias), x, torch.from_numpy(self.rows).T.double())
         out = np.empty((x.shape[0], self.rows.shape[0]))
         _linear_kernel(np.ascontiguousarray(x.numpy()), self.rows, self.bias, out)
         return torch.from_numpy(out)
