@@ -64,6 +64,17 @@ def run(source: Path, args: argparse.Namespace, images: list[str]) -> dict:
     return json.loads(out.stdout.splitlines()[-1])
 
 
+def revision(source: Path) -> str:
+    """The git commit of the checkout holding ``source`` (``+`` if its tracked files differ from it)."""
+    git = ["git", "-C", str(source)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "."], capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("+" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path, nargs="?")
@@ -95,15 +106,16 @@ def main() -> None:
         f"{args.model} q{args.quality}, {len(images)} images x {args.rounds} rounds, {args.threads} thread(s); "
         "median seconds per image of IntegerContextCodec.compress / .decompress"
     )
-    print(f"{'source':<40}{'encode s':>10}{'decode s':>10}  same files and latents as this checkout")
+    print(f"{'source':<40}{'commit':<12}{'encode s':>10}{'decode s':>10}  same files and latents as this checkout")
     summary = {}
     reference = runs["this checkout"][0]
     for name, results in runs.items():
         encode = statistics.median(s for r in results for s in r["encode_s"])
         decode = statistics.median(s for r in results for s in r["decode_s"])
         same = all(r["files"] == reference["files"] and r["latents"] == reference["latents"] for r in results)
-        summary[name] = {"encode_s": encode, "decode_s": decode, "same_bits": same}
-        print(f"{name:<40}{encode:10.3f}{decode:10.3f}  {same}")
+        commit = revision(sources[name])
+        summary[name] = {"commit": commit, "encode_s": encode, "decode_s": decode, "same_bits": same}
+        print(f"{name:<40}{commit:<12}{encode:10.3f}{decode:10.3f}  {same}")
     args.output.write_text(
         json.dumps(
             {
