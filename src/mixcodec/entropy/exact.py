@@ -10,11 +10,11 @@ integer arithmetic:
   weights are rounded to integers ``round(w * 2**b)`` (``b`` per layer, from the
   exact binary exponent of the largest weight), activations are integers in units
   of ``2**-ACT_BITS`` clipped to ``±ACT_LIMIT``.  Convolutions run in float64 on
-  these integers; every product and partial sum stays below ``2**53``, so the
-  result is exact whatever the summation order (1x1 layers of positions:
-  :class:`IntegerLinear`, a compiled kernel with float32 weights and float64 sums).  Rescaling uses powers of two and
-  ``floor``; LeakyReLU multiplies by 0.01 (one correctly rounded IEEE operation)
-  and floors.
+  these integers (1x1 layers of positions: :class:`IntegerLinear`, a compiled kernel
+  with float32 weights and float64 sums); every product and partial sum stays below
+  ``2**53``, so the result is exact whatever the summation order.  Rescaling uses
+  powers of two and ``floor``; LeakyReLU multiplies by 0.01 (one correctly rounded
+  IEEE operation) and floors.
 * **Mixture parameters**: softmax and softplus come from integer lookup tables;
   weights are fixed-point (``2**-16``), means ``2**-8``, scales ``2**-16``
   (:func:`integer_params`, param_blocks layout of :mod:`.distributions`).
@@ -149,6 +149,7 @@ def _requantize_kernel(acc, scale, leaky, out):  # pragma: no cover (compiled)
 
 @numba.njit(cache=True, nogil=True)
 def _leaky_kernel(x, out):  # pragma: no cover (compiled)
+    """``out = _leaky(x)`` elementwise; flat float64 arrays."""
     for i in range(x.shape[0]):
         out[i] = _leaky(x[i])
 
@@ -212,12 +213,13 @@ class IntegerLinear:
     if ``leaky``: the integer twin of a 1x1 convolution (or of the taps of a context
     convolution) and of the activation after it, rounded as :class:`IntegerAffine`.
 
-    Evaluated by a compiled kernel that reads the weights as float32 (exact: they are integers
-    below ``2**WEIGHT_LIMIT_BITS < 2**24``), a quarter of the bytes of a float64 GEMM's
-    operand, and accumulates in float64: the same integers as ``x @ W + b`` in float64,
-    bit for bit, because no partial sum can reach :data:`FLOAT64_EXACT` for inputs within
-    ``±ACT_LIMIT`` (checked at construction).  At the few positions of a wavefront step
-    reading the weights is what costs, about 3x less than the float64 GEMM.
+    Up to :data:`KERNEL_POSITIONS` positions, evaluated by a compiled kernel that reads the
+    weights as float32 (exact: they are integers below ``2**WEIGHT_LIMIT_BITS < 2**24``),
+    half the bytes of a float64 GEMM's operand, and accumulates in float64; beyond, by a
+    float64 GEMM.  Both give the integers of ``x @ W + b``, bit for bit, because no product
+    or partial sum can reach :data:`FLOAT64_EXACT` for inputs within ``±ACT_LIMIT`` (checked
+    at construction).  At the ~11 positions of a wavefront step reading the weights is what
+    costs: the kernel takes a third of the GEMM's time there.
 
     Attributes:
         rows: ``(O, C)`` float32, ``W`` transposed, integers in units of ``2**-bits``.
