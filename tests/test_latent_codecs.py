@@ -74,6 +74,23 @@ def test_an_entropy_network_without_an_exact_twin_is_refused(activation):
         IntegerContextCodec(model.y_codec)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda layers: layers.insert(2, nn.LeakyReLU()), "must follow a 1x1 convolution"),  # two in a row
+        (lambda layers: layers.insert(0, nn.LeakyReLU()), "must follow a 1x1 convolution"),  # before any layer
+        (lambda layers: layers.append(nn.LeakyReLU()), "must end in a convolution"),
+    ],
+)
+def test_an_entropy_network_whose_activations_cannot_be_folded_is_refused(edit, message):
+    model = ContextMixtureModel(CONFIG)
+    layers = list(model.entropy_parameters)
+    edit(layers)
+    model.entropy_parameters = nn.Sequential(*layers)
+    with pytest.raises(ValueError, match=message):
+        IntegerContextCodec(model.y_codec)
+
+
 def test_a_model_not_loaded_from_a_file_codes_its_hyper_latent():
     torch.manual_seed(0)
     model = ContextMixtureModel(CONFIG)
