@@ -167,7 +167,7 @@ def requantize(acc: Tensor, bits: int, leaky: bool = False) -> Tensor:
 #: Integers of magnitude up to this are exact in float64 (so are sums that stay within it).
 FLOAT64_EXACT = 2.0**53
 #: Most positions :class:`IntegerLinear` evaluates with its kernel (faster than a float64 GEMM
-#: up to about this many on one core; beyond, the GEMM's blocking wins: 2.5x at 4096 positions
+#: up to about this many on one core; beyond, the GEMM's blocking wins: 1.9x at 4096 positions
 #: of the 1536-input context layer).
 KERNEL_POSITIONS = 512
 
