@@ -4,6 +4,8 @@ decoding beside the synthesis."""
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -162,6 +164,34 @@ def test_synthesis_errors_reach_the_caller(tiny_model):
     synthesis = tiling.Synthesis(net, 1, (8, 4), 128, 64, ROWS)
     with pytest.raises(RuntimeError), tiling.BackgroundSynthesis(synthesis, threads=1) as background:
         background.feed(8, torch.zeros(net.config.m + 1, 8, 4))  # wrong channel count
+
+
+def test_stripes_left_after_the_entropy_decoding_get_the_callers_threads():
+    """The synthesis lags behind the entropy decoding: the stripes it still has to make when the
+    block ends run with the caller's thread count, from the next stripe on (not after the push
+    under way, which can hold most of the image)."""
+
+    class SlowSynthesis:  # one push that finishes three stripes, the first still inside the block
+        def __init__(self):
+            self.started, self.threads = threading.Event(), []
+
+        def push(self, rows, after_stripe=lambda: None):
+            self.started.set()
+            time.sleep(0.5)  # the caller leaves the block meanwhile
+            for _ in range(3):
+                self.threads.append(torch.get_num_threads())
+                after_stripe()
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        synthesis = SlowSynthesis()
+        with tiling.BackgroundSynthesis(synthesis, threads=1) as background:
+            background.feed(1, torch.zeros(4, 2, 2))
+            assert synthesis.started.wait(timeout=30)
+    finally:
+        torch.set_num_threads(before)
+    assert synthesis.threads == [1, 2, 2]
 
 
 def test_size_limit_is_over_100_megapixels():

@@ -312,14 +312,17 @@ class Synthesis:
         self.image = np.empty((height, width, 3), dtype=np.uint8)
         self.done = 0  # image rows written
 
-    def push(self, y_rows: Tensor) -> None:
-        """The next rows ``(1, m, k, W/16)`` of ``ŷ`` (float32, in order)."""
+    def push(self, y_rows: Tensor, after_stripe: Callable[[], None] | None = None) -> None:
+        """The next rows ``(1, m, k, W/16)`` of ``ŷ`` (float32, in order); ``after_stripe`` is
+        called after each stripe of pixels written (one push may finish several)."""
         for x in self.g_s.push(y_rows.float().contiguous(memory_format=torch.channels_last) * self.inverse_gain):
             stop = min(self.height, self.done + x.shape[2])
             if stop > self.done:
                 pixels = (x[0, :, : stop - self.done, : self.width].clamp(0, 1) * 255).round().to(torch.uint8)
                 self.image[self.done : stop] = pixels.permute(1, 2, 0).numpy()
             self.done += x.shape[2]
+            if after_stripe is not None:
+                after_stripe()
 
 
 class BackgroundSynthesis:
@@ -332,8 +335,9 @@ class BackgroundSynthesis:
         synthesis.image  # complete
 
     PyTorch keeps an intra-op thread count per thread: the worker uses ``threads`` while
-    the entropy decoding runs, then the caller's own count for the stripes left when the
-    block ends (the same pixels where the forward convolutions do not depend on the thread
+    the entropy decoding runs, then the caller's own count from the next stripe on once the
+    block ends (the synthesis usually lags behind the entropy decoding, and one push can
+    finish many stripes; the same pixels where the forward convolutions do not depend on the thread
     count, as measured for the shipped model on x86; docs/large-images.md); the caller uses
     ``caller_threads`` inside the block (the entropy path is exact whatever its count) and
     its own count again after it.  An error in the worker
@@ -343,8 +347,9 @@ class BackgroundSynthesis:
     def __init__(self, synthesis: Synthesis, threads: int, caller_threads: int = 1):
         self.synthesis, self.threads, self.caller_threads = synthesis, threads, caller_threads
         self._restore = 0
+        self._wanted = threads  # the worker's thread count from its next stripe on (set by the caller)
         self.sent = 0  # rows of ŷ handed over
-        self._queue: "queue.Queue[Tensor | int | None]" = queue.Queue()  # rows, a thread count, the end
+        self._queue: "queue.Queue[Tensor | None]" = queue.Queue()  # rows, then the end
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="mixcodec-synthesis", daemon=True)
@@ -354,13 +359,17 @@ class BackgroundSynthesis:
         torch.get_num_threads()  # makes this thread's count its own before the caller sets the default again
         self._ready.set()
         while (rows := self._queue.get()) is not None:
-            if isinstance(rows, int):  # the entropy decoding is over: all the caller's threads
-                torch.set_num_threads(rows)
-            elif self._error is None:
+            if self._error is None:
                 try:
-                    self.synthesis.push(rows)
+                    self._follow_threads()
+                    self.synthesis.push(rows, after_stripe=self._follow_threads)
                 except BaseException as exc:  # re-raised in the caller's thread by __exit__
                     self._error = exc
+
+    def _follow_threads(self) -> None:
+        """In the worker: take the thread count the caller wants now."""
+        if torch.get_num_threads() != self._wanted:
+            torch.set_num_threads(self._wanted)
 
     def feed(self, done: int, latents: Tensor) -> None:
         """Rows ``[0, done)`` of ``latents`` ``(m, H, W)`` are final: hand the new ones over (copied)."""
@@ -377,7 +386,7 @@ class BackgroundSynthesis:
 
     def __exit__(self, *exc_info) -> None:
         torch.set_num_threads(self._restore)
-        self._queue.put(self._restore)
+        self._wanted = self._restore  # the entropy decoding is over: all the caller's threads
         self._queue.put(None)
         self._thread.join()
         torch.set_num_threads(self._restore)  # the worker's call set the default too
