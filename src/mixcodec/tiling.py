@@ -139,7 +139,7 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 class _Stage:
     """One stage of a :class:`StripedSequential`: buffers input rows, emits output stripes."""
 
-    def __init__(self, function: Callable[[Tensor], Tensor], fp: Footprint, in_rows: int, chunk: int):
+    def __init__(self, function: Callable[[Tensor], Tensor], fp: Footprint, in_rows: int, chunk: int, least: int = 0):
         self.function = function
         self.radius = fp.radius
         self.scale = fp.scale
@@ -151,6 +151,8 @@ class _Stage:
         #: input rows must start on a multiple of this (a strided convolution keeps its phase)
         self.align = fp.scale.denominator
         self.chunk = max(1, chunk)
+        #: a partial stripe of at least this many rows is emitted when the next whole one cannot be yet (0: never)
+        self.least = least
         self.buffer: Tensor | None = None
         self.buffer_start = 0  # input row of buffer[:, :, 0]
         self.received = 0  # input rows pushed so far
@@ -171,7 +173,11 @@ class _Stage:
             stop = min(self.out_rows, self.emitted + self.chunk)
             lo, hi = self._span(self.emitted, stop)
             if hi > self.received:
-                return
+                computable = math.floor((self.received - self.radius) * self.scale)  # rows whose span is in
+                if not self.least or computable - self.emitted < self.least:
+                    return
+                stop = computable
+                lo, hi = self._span(self.emitted, stop)
             window = self.buffer[:, :, lo - self.buffer_start : hi - self.buffer_start]
             with torch.no_grad():  # in the memory format the whole-image input has (the kernels may depend on it)
                 out = self.function(window.contiguous(memory_format=_memory_format(rows)))
@@ -203,22 +209,34 @@ class StripedSequential:
         in_rows: rows of the whole input.
         out_chunk: output rows per stripe of the last stage (earlier stages get the
             same stripe height in image terms, at least one row).
+        progressive: a stage whose next whole stripe cannot be computed yet emits the rows it
+            can (at least a quarter of a stripe), so that the first output stripe does not wait
+            for the input of one stripe per stage (a decoder fed rows as they become final).
     """
 
-    def __init__(self, stages: Sequence[tuple[Callable[[Tensor], Tensor], Footprint]], in_rows: int, out_chunk: int):
+    def __init__(
+        self,
+        stages: Sequence[tuple[Callable[[Tensor], Tensor], Footprint]],
+        in_rows: int,
+        out_chunk: int,
+        progressive: bool = False,
+    ):
         scales = [fp.scale for _, fp in stages]
         remaining = [math.prod(scales[i + 1 :], start=Fraction(1)) for i in range(len(scales))]
         self.stages, rows = [], in_rows
         for (function, fp), after in zip(stages, remaining):
-            stage = _Stage(function, fp, rows, math.ceil(out_chunk / after))
+            chunk = math.ceil(out_chunk / after)
+            stage = _Stage(function, fp, rows, chunk, max(1, chunk // 4) if progressive else 0)
             self.stages.append(stage)
             rows = stage.out_rows
         self.out_rows = rows
 
     @classmethod
-    def of(cls, sequential: nn.Sequential, in_rows: int, out_chunk: int) -> "StripedSequential":
+    def of(
+        cls, sequential: nn.Sequential, in_rows: int, out_chunk: int, progressive: bool = False
+    ) -> "StripedSequential":
         """The children of ``sequential`` as stages (each with its :func:`footprint`)."""
-        return cls([(child, footprint(child)) for child in sequential], in_rows, out_chunk)
+        return cls([(child, footprint(child)) for child in sequential], in_rows, out_chunk, progressive)
 
     def push(self, rows: Tensor) -> Iterator[Tensor]:
         """Feed the next input rows ``(1, C, k, W)`` (in order); yield finished output stripes."""
@@ -307,7 +325,7 @@ class Synthesis:
     ):
         with torch.no_grad():
             _, self.inverse_gain = model.gains(model._qualities(quality, 1))
-        self.g_s = StripedSequential.of(model.g_s, latent_size[0], rows)
+        self.g_s = StripedSequential.of(model.g_s, latent_size[0], rows, progressive=True)
         self.height, self.width = height, width
         self.image = np.empty((height, width, 3), dtype=np.uint8)
         self.done = 0  # image rows written
