@@ -78,6 +78,28 @@ def test_striped_transforms_equal_whole(net):
         torch.testing.assert_close(x_whole, tiling.run(net.g_s, y_hat, ROWS), rtol=0, atol=1e-9)
 
 
+def test_progressive_stripes_equal_whole_and_come_sooner(net):
+    """Fed one latent row at a time (as the decoder feeds it), progressive g_s stripes give the
+    whole-image values, and the first pixels come out after fewer rows than with whole stripes
+    only (each stage then waits for one stripe of its input plus its margin)."""
+    net = copy.deepcopy(net).double()
+    with torch.no_grad():
+        y_hat = torch.round(
+            net.g_a(codec._pad(torch.from_numpy(smooth_image(1024, 32)).permute(2, 0, 1)[None].double() / 255))
+        )
+        whole = net.g_s(y_hat.contiguous(memory_format=torch.channels_last))
+        first_output = {}
+        for progressive in (False, True):
+            striped = tiling.StripedSequential.of(net.g_s, y_hat.shape[2], ROWS, progressive=progressive)
+            pieces = []
+            for row in range(y_hat.shape[2]):
+                for out in striped.push(y_hat[:, :, row : row + 1].contiguous(memory_format=torch.channels_last)):
+                    first_output.setdefault(progressive, row + 1)
+                    pieces.append(out)
+            torch.testing.assert_close(torch.cat(pieces, dim=2), whole, rtol=0, atol=1e-9)
+    assert first_output[True] < first_output[False]
+
+
 def test_striped_integer_hyper_synthesis_is_exact(tiny_model, monkeypatch):
     """The entropy path's integer h_s in stripes: the same integers (sums below 2**53 are exact)."""
     from mixcodec.entropy import exact
