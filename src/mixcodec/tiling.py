@@ -151,7 +151,8 @@ class _Stage:
         #: input rows must start on a multiple of this (a strided convolution keeps its phase)
         self.align = fp.scale.denominator
         self.chunk = max(1, chunk)
-        #: a partial stripe of at least this many rows is emitted when the next whole one cannot be yet (0: never)
+        #: before its first whole stripe, a partial one of at least this many rows is emitted when the
+        #: whole one cannot be yet (0: never); later only whole stripes (each push copies the buffer)
         self.least = least
         self.buffer: Tensor | None = None
         self.buffer_start = 0  # input row of buffer[:, :, 0]
@@ -174,7 +175,7 @@ class _Stage:
             lo, hi = self._span(self.emitted, stop)
             if hi > self.received:
                 computable = math.floor((self.received - self.radius) * self.scale)  # rows whose span is in
-                if not self.least or computable - self.emitted < self.least:
+                if not self.least or self.emitted >= self.chunk or computable - self.emitted < self.least:
                     return
                 stop = computable
                 lo, hi = self._span(self.emitted, stop)
@@ -209,9 +210,10 @@ class StripedSequential:
         in_rows: rows of the whole input.
         out_chunk: output rows per stripe of the last stage (earlier stages get the
             same stripe height in image terms, at least one row).
-        progressive: a stage whose next whole stripe cannot be computed yet emits the rows it
-            can (at least a quarter of a stripe), so that the first output stripe does not wait
-            for the input of one stripe per stage (a decoder fed rows as they become final).
+        progressive: until its first whole stripe, a stage whose next one cannot be computed
+            yet emits the rows it can (at least a quarter of a stripe), so that the first output
+            stripe does not wait for the input of one stripe per stage (a decoder fed rows as
+            they become final); later stripes are whole (each push copies a stage's buffer).
     """
 
     def __init__(
