@@ -216,6 +216,30 @@ def test_stripes_left_after_the_entropy_decoding_get_the_callers_threads():
     assert synthesis.threads == [1, 2, 2]
 
 
+def test_rows_fed_while_the_synthesis_is_busy_come_in_one_push():
+    """A worker behind the entropy decoding takes all the rows waiting at once (whole stripes,
+    not one partial stripe per feed), in order."""
+
+    class BusySynthesis:
+        def __init__(self):
+            self.started, self.go, self.pushes = threading.Event(), threading.Event(), []
+
+        def push(self, rows, after_stripe=lambda: None):
+            self.started.set()
+            assert self.go.wait(timeout=30)
+            self.pushes.append(rows[0, 0, :, 0].tolist())
+
+    synthesis = BusySynthesis()
+    latents = torch.arange(6.0)[None, :, None].expand(2, 6, 3)
+    with tiling.BackgroundSynthesis(synthesis, threads=1) as background:
+        background.feed(1, latents)
+        assert synthesis.started.wait(timeout=30)
+        for done in (2, 4, 6):  # queued while the first push runs
+            background.feed(done, latents)
+        synthesis.go.set()
+    assert synthesis.pushes == [[0.0], [1.0, 2.0, 3.0, 4.0, 5.0]]
+
+
 def test_size_limit_is_over_100_megapixels():
     bitstream.check_size(10_000, 10_000)
     bitstream.check_size(bitstream.MAX_SIDE, bitstream.MAX_PIXELS // bitstream.MAX_SIDE)

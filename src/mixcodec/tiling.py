@@ -151,11 +151,12 @@ class _Stage:
         #: input rows must start on a multiple of this (a strided convolution keeps its phase)
         self.align = fp.scale.denominator
         self.chunk = max(1, chunk)
-        #: before its first whole stripe, a partial one of at least this many rows is emitted when the
-        #: whole one cannot be yet (0: never); later only whole stripes (each push copies the buffer)
+        #: a partial stripe of at least this many rows is emitted when the whole one cannot be yet
+        #: (0: never)
         self.least = least
-        self.buffer: Tensor | None = None
-        self.buffer_start = 0  # input row of buffer[:, :, 0]
+        #: the input rows pushed and still needed, as pushed (joined only into a stripe's window)
+        self.pieces: list[Tensor] = []
+        self.buffer_start = 0  # input row of pieces[0][:, :, 0]
         self.received = 0  # input rows pushed so far
         self.emitted = 0  # output rows produced so far
 
@@ -166,22 +167,41 @@ class _Stage:
         hi = min(self.in_rows, math.ceil(stop / self.scale) + self.radius)
         return lo, hi
 
+    def _window(self, lo: int, hi: int, memory_format: torch.memory_format) -> Tensor:
+        """Input rows ``[lo, hi)``, one contiguous tensor."""
+        parts, start = [], self.buffer_start
+        for piece in self.pieces:
+            stop = start + piece.shape[2]
+            if stop > lo and start < hi:
+                parts.append(piece[:, :, max(lo, start) - start : min(hi, stop) - start])
+            start = stop
+        window = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        return window.contiguous(memory_format=memory_format)
+
+    def _drop_before(self, keep: int) -> None:
+        """Forget the pieces that hold only input rows before ``keep``."""
+        while self.pieces and self.buffer_start + self.pieces[0].shape[2] <= keep:
+            self.buffer_start += self.pieces.pop(0).shape[2]
+
     def push(self, rows: Tensor) -> Iterator[Tensor]:
         """Take the next input rows ``(1, C, k, W)``; yield the output stripes now complete."""
-        self.buffer = rows if self.buffer is None else torch.cat([self.buffer, rows], dim=2)
+        # rows are kept as pushed and copied once into each window that reads them: a push
+        # costs no copy of what is buffered, however small the pieces
+        self.pieces.append(rows)
         self.received += rows.shape[2]
         while self.emitted < self.out_rows:
             stop = min(self.out_rows, self.emitted + self.chunk)
             lo, hi = self._span(self.emitted, stop)
             if hi > self.received:
                 computable = math.floor((self.received - self.radius) * self.scale)  # rows whose span is in
-                if not self.least or self.emitted >= self.chunk or computable - self.emitted < self.least:
+                if not self.least or computable - self.emitted < self.least:
                     return
                 stop = computable
                 lo, hi = self._span(self.emitted, stop)
-            window = self.buffer[:, :, lo - self.buffer_start : hi - self.buffer_start]
-            with torch.no_grad():  # in the memory format the whole-image input has (the kernels may depend on it)
-                out = self.function(window.contiguous(memory_format=_memory_format(rows)))
+            # in the memory format the whole-image input has (the kernels may depend on it)
+            window = self._window(lo, hi, _memory_format(rows))
+            with torch.no_grad():
+                out = self.function(window)
             first = self.emitted - int(lo * self.scale)
             count = stop - self.emitted
             # a copy of the kept rows, so that the margins' rows are freed before the next stage runs
@@ -195,10 +215,8 @@ class _Stage:
             del piece
             self.emitted = stop
             if stop < self.out_rows:  # drop the rows no later stripe reads
-                keep = self._span(stop, min(self.out_rows, stop + self.chunk))[0]
-                self.buffer = self.buffer[:, :, keep - self.buffer_start :]
-                self.buffer_start = keep
-        self.buffer = None
+                self._drop_before(self._span(stop, min(self.out_rows, stop + self.chunk))[0])
+        self.pieces = []
 
 
 class StripedSequential:
@@ -210,10 +228,9 @@ class StripedSequential:
         in_rows: rows of the whole input.
         out_chunk: output rows per stripe of the last stage (earlier stages get the
             same stripe height in image terms, at least one row).
-        progressive: until its first whole stripe, a stage whose next one cannot be computed
-            yet emits the rows it can (at least a quarter of a stripe), so that the first output
-            stripe does not wait for the input of one stripe per stage (a decoder fed rows as
-            they become final); later stripes are whole (each push copies a stage's buffer).
+        progressive: a stage whose next whole stripe cannot be computed yet emits the rows it
+            can (at least a quarter of a stripe), so that output does not wait for the input of
+            one stripe per stage (a decoder fed rows as they become final).
     """
 
     def __init__(
@@ -378,10 +395,19 @@ class BackgroundSynthesis:
         torch.set_num_threads(self.threads)
         torch.get_num_threads()  # makes this thread's count its own before the caller sets the default again
         self._ready.set()
-        while (rows := self._queue.get()) is not None:
-            if self._error is None:
+        ended = False
+        while not ended:
+            # all the rows waiting, in one push: a worker that lags behind computes whole stripes
+            # (partial ones, each recomputing its margins, only while it keeps up)
+            batch = [self._queue.get()]
+            while batch[-1] is not None and not self._queue.empty():
+                batch.append(self._queue.get())
+            if ended := batch[-1] is None:
+                batch.pop()
+            if batch and self._error is None:
                 try:
                     self._follow_threads()
+                    rows = batch[0] if len(batch) == 1 else torch.cat(batch, dim=2)
                     self.synthesis.push(rows, after_stripe=self._follow_threads)
                 except BaseException as exc:  # re-raised in the caller's thread by __exit__
                     self._error = exc
