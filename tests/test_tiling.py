@@ -197,7 +197,7 @@ def test_stripes_left_after_the_entropy_decoding_get_the_callers_threads():
         def __init__(self):
             self.started, self.threads = threading.Event(), []
 
-        def push(self, rows, after_stripe=lambda: None):
+        def push(self, rows, after_stripe=lambda: None, partial=True):
             self.started.set()
             time.sleep(0.5)  # the caller leaves the block meanwhile
             for _ in range(3):
@@ -216,18 +216,19 @@ def test_stripes_left_after_the_entropy_decoding_get_the_callers_threads():
     assert synthesis.threads == [1, 2, 2]
 
 
-def test_rows_fed_while_the_synthesis_is_busy_come_in_one_push():
-    """A worker behind the entropy decoding takes all the rows waiting at once (whole stripes,
-    not one partial stripe per feed), in order."""
+def test_a_synthesis_behind_the_entropy_decoding_makes_whole_stripes_only():
+    """Rows pushed while more wait in the queue ask for whole stripes only (partial ones
+    recompute their margins); the last rows waiting, and rows that find the worker idle, allow
+    partial ones.  The rows arrive in order."""
 
     class BusySynthesis:
         def __init__(self):
             self.started, self.go, self.pushes = threading.Event(), threading.Event(), []
 
-        def push(self, rows, after_stripe=lambda: None):
+        def push(self, rows, after_stripe=lambda: None, partial=True):
             self.started.set()
             assert self.go.wait(timeout=30)
-            self.pushes.append(rows[0, 0, :, 0].tolist())
+            self.pushes.append((rows[0, 0, :, 0].tolist(), partial))
 
     synthesis = BusySynthesis()
     latents = torch.arange(6.0)[None, :, None].expand(2, 6, 3)
@@ -237,7 +238,10 @@ def test_rows_fed_while_the_synthesis_is_busy_come_in_one_push():
         for done in (2, 4, 6):  # queued while the first push runs
             background.feed(done, latents)
         synthesis.go.set()
-    assert synthesis.pushes == [[0.0], [1.0, 2.0, 3.0, 4.0, 5.0]]
+        deadline = time.monotonic() + 30
+        while len(synthesis.pushes) < 4 and time.monotonic() < deadline:  # all taken inside the block
+            time.sleep(0.01)
+    assert synthesis.pushes == [([0.0], True), ([1.0], False), ([2.0, 3.0], False), ([4.0, 5.0], True)]
 
 
 def test_size_limit_is_over_100_megapixels():

@@ -183,8 +183,9 @@ class _Stage:
         while self.pieces and self.buffer_start + self.pieces[0].shape[2] <= keep:
             self.buffer_start += self.pieces.pop(0).shape[2]
 
-    def push(self, rows: Tensor) -> Iterator[Tensor]:
-        """Take the next input rows ``(1, C, k, W)``; yield the output stripes now complete."""
+    def push(self, rows: Tensor, partial: bool = True) -> Iterator[Tensor]:
+        """Take the next input rows ``(1, C, k, W)``; yield the output stripes now complete
+        (``partial``: and a partial one where :attr:`least` allows)."""
         # rows are kept as pushed and copied once into each window that reads them: a push
         # costs no copy of what is buffered, however small the pieces
         self.pieces.append(rows)
@@ -194,7 +195,7 @@ class _Stage:
             lo, hi = self._span(self.emitted, stop)
             if hi > self.received:
                 computable = math.floor((self.received - self.radius) * self.scale)  # rows whose span is in
-                if not self.least or computable - self.emitted < self.least:
+                if not (partial and self.least) or computable - self.emitted < self.least:
                     return
                 stop = computable
                 lo, hi = self._span(self.emitted, stop)
@@ -257,16 +258,17 @@ class StripedSequential:
         """The children of ``sequential`` as stages (each with its :func:`footprint`)."""
         return cls([(child, footprint(child)) for child in sequential], in_rows, out_chunk, progressive)
 
-    def push(self, rows: Tensor) -> Iterator[Tensor]:
-        """Feed the next input rows ``(1, C, k, W)`` (in order); yield finished output stripes."""
-        yield from self._push(0, rows)
+    def push(self, rows: Tensor, partial: bool = True) -> Iterator[Tensor]:
+        """Feed the next input rows ``(1, C, k, W)`` (in order); yield finished output stripes.
+        ``partial=False``: whole stripes only this time (more input is on its way at once)."""
+        yield from self._push(0, rows, partial)
 
-    def _push(self, index: int, rows: Tensor) -> Iterator[Tensor]:
+    def _push(self, index: int, rows: Tensor, partial: bool) -> Iterator[Tensor]:
         if index == len(self.stages):
             yield rows
             return
-        for out in self.stages[index].push(rows):
-            yield from self._push(index + 1, out)
+        for out in self.stages[index].push(rows, partial):
+            yield from self._push(index + 1, out, partial)
 
 
 def stripe_rows(width: int) -> int:
@@ -349,10 +351,12 @@ class Synthesis:
         self.image = np.empty((height, width, 3), dtype=np.uint8)
         self.done = 0  # image rows written
 
-    def push(self, y_rows: Tensor, after_stripe: Callable[[], None] | None = None) -> None:
+    def push(self, y_rows: Tensor, after_stripe: Callable[[], None] | None = None, partial: bool = True) -> None:
         """The next rows ``(1, m, k, W/16)`` of ``ŷ`` (float32, in order); ``after_stripe`` is
-        called after each stripe of pixels written (one push may finish several)."""
-        for x in self.g_s.push(y_rows.float().contiguous(memory_format=torch.channels_last) * self.inverse_gain):
+        called after each stripe of pixels written (one push may finish several); ``partial``:
+        as :meth:`StripedSequential.push`."""
+        rows = y_rows.float().contiguous(memory_format=torch.channels_last) * self.inverse_gain
+        for x in self.g_s.push(rows, partial):
             stop = min(self.height, self.done + x.shape[2])
             if stop > self.done:
                 pixels = (x[0, :, : stop - self.done, : self.width].clamp(0, 1) * 255).round().to(torch.uint8)
@@ -395,20 +399,13 @@ class BackgroundSynthesis:
         torch.set_num_threads(self.threads)
         torch.get_num_threads()  # makes this thread's count its own before the caller sets the default again
         self._ready.set()
-        ended = False
-        while not ended:
-            # all the rows waiting, in one push: a worker that lags behind computes whole stripes
-            # (partial ones, each recomputing its margins, only while it keeps up)
-            batch = [self._queue.get()]
-            while batch[-1] is not None and not self._queue.empty():
-                batch.append(self._queue.get())
-            if ended := batch[-1] is None:
-                batch.pop()
-            if batch and self._error is None:
+        while (rows := self._queue.get()) is not None:
+            if self._error is None:
                 try:
                     self._follow_threads()
-                    rows = batch[0] if len(batch) == 1 else torch.cat(batch, dim=2)
-                    self.synthesis.push(rows, after_stripe=self._follow_threads)
+                    # partial stripes (each recomputing its margins) only when no more rows wait:
+                    # a worker that lags behind computes whole stripes
+                    self.synthesis.push(rows, self._follow_threads, partial=self._queue.empty())
                 except BaseException as exc:  # re-raised in the caller's thread by __exit__
                     self._error = exc
 
