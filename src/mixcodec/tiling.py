@@ -156,7 +156,7 @@ class _Stage:
         self.least = least
         #: the input rows pushed and still needed, as pushed (joined only into a stripe's window)
         self.pieces: list[Tensor] = []
-        self.buffer_start = 0  # input row of pieces[0][:, :, 0]
+        self.pieces_start = 0  # input row of pieces[0][:, :, 0]
         self.received = 0  # input rows pushed so far
         self.emitted = 0  # output rows produced so far
 
@@ -169,7 +169,7 @@ class _Stage:
 
     def _window(self, lo: int, hi: int, memory_format: torch.memory_format) -> Tensor:
         """Input rows ``[lo, hi)``, one contiguous tensor."""
-        parts, start = [], self.buffer_start
+        parts, start = [], self.pieces_start
         for piece in self.pieces:
             stop = start + piece.shape[2]
             if stop > lo and start < hi:
@@ -180,8 +180,8 @@ class _Stage:
 
     def _drop_before(self, keep: int) -> None:
         """Forget the pieces that hold only input rows before ``keep``."""
-        while self.pieces and self.buffer_start + self.pieces[0].shape[2] <= keep:
-            self.buffer_start += self.pieces.pop(0).shape[2]
+        while self.pieces and self.pieces_start + self.pieces[0].shape[2] <= keep:
+            self.pieces_start += self.pieces.pop(0).shape[2]
 
     def push(self, rows: Tensor, partial: bool = True) -> Iterator[Tensor]:
         """Take the next input rows ``(1, C, k, W)``; yield the output stripes now complete
