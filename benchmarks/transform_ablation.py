@@ -2,7 +2,8 @@
 (CRM, Fu et al.), trained alike and measured on real files.
 
     python benchmarks/transform_ablation.py --data ../shared/data/train --kodak ../shared/data/kodak \\
-        --runs runs/transform-ablation [--n 32] [--steps 4000] [--lmbdas 0.0022,0.0088,0.0352,0.1408] [-o ablation.json]
+        --runs runs/transform-ablation [--n 32] [--steps 4000] [--seeds 0,1] \\
+        [--lmbdas 0.0022,0.0088,0.0352,0.1408] [-o ablation.json]
 
 Each backbone is trained from scratch with :func:`mixcodec.train.train` under the same
 config and seed (so both see the same crops at the same quality levels in the same
@@ -10,14 +11,22 @@ order), with the same entropy family (``--family``, GLLMM by default): the only
 difference is every stride-1 refinement block of ``g_a`` and ``g_s``, one residual
 block or a CRM (two residual blocks in series plus an outer shortcut).  The runs are
 variable-rate (one quality level per λ, levels balanced as in the shipped presets), so
-one run gives a curve.  Every image of ``--kodak`` is then coded to a real ``.mxc``
-file at every quality; the table gives mean bpp / PSNR-RGB / MS-SSIM per quality, the
-BD-rate of CRM against the residual backbone, parameter counts and seconds per
-training step (CRM has twice the refinement convolutions, so it also costs more per
-step: compare at equal steps *and* think of equal time).
+one run gives a curve.  Both follow the shipped models' schedule: ``--lr``, then a
+cool-down at ``--lr-final`` for the last ``--cool`` fraction of the steps, then
+:func:`mixcodec.refit.refit` of the entropy model to the rounded latents of training
+crops.  Every image of ``--kodak`` is then coded to a real ``.mxc`` file at every
+quality; the table gives mean bpp / PSNR-RGB / MS-SSIM per quality, the BD-rate of
+CRM against the residual backbone, parameter counts and seconds per training step
+(CRM has twice the refinement convolutions, so it also costs more per step: compare
+at equal steps *and* think of equal time).
 
-``--runs`` keeps the checkpoints: running again with more ``--steps`` continues both
-runs (``--resume``) instead of starting over.
+Every seed in ``--seeds`` repeats the pair of runs from another initialization and
+crop order; the BD-rate is given per seed and as their mean and range, the spread
+that says whether the difference is more than noise.
+
+``--runs`` keeps the checkpoints (``RUNS/seedS/BACKBONE``): running again with more
+``--steps`` continues the runs (``--resume``) instead of starting over (the cool-down
+then moves to the end of the longer run).
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from mixcodec import eval as ev
 from mixcodec.data import list_images
 from mixcodec.models.registry import export
 from mixcodec.models.transforms import BACKBONES
+from mixcodec.refit import cached_latents, refit
 from mixcodec.train import TrainConfig, train
 
 
@@ -59,9 +69,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr-final", type=float, default=1e-5, help="learning rate of the cool-down")
+    parser.add_argument("--cool", type=float, default=0.1, help="fraction of --steps at --lr-final")
+    parser.add_argument("--refit-steps", type=int, default=1000, help="entropy-model refit after training (0: none)")
+    parser.add_argument("--refit-crops", type=int, default=512, help="training crops whose latents the refit caches")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--limit", type=int, help="first images of --kodak only")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated; one pair of runs per seed")
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args()
     backbones = args.backbones.split(",")
@@ -69,70 +83,98 @@ def main() -> None:
         if backbone not in BACKBONES:
             parser.error(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     lmbdas = [float(v) for v in args.lmbdas.split(",")]
+    seeds = [int(v) for v in args.seeds.split(",")]
     images = list_images(args.kodak)[: args.limit]
 
-    curves, runs = {}, {}
+    curves: dict[int, dict[str, list[dict]]] = {}
+    runs: dict[int, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        for backbone in backbones:
-            cfg = TrainConfig(
-                architecture="gllmm",
-                backbone=backbone,
-                family=args.family,
-                n=args.n,
-                m=args.m,
-                lmbdas=lmbdas,
-                balance_levels=True,
-                crop=args.crop,
-                batch=args.batch,
-                steps=args.steps,
-                lr=args.lr,
-                lr_final=args.lr,
-                threads=args.threads,
-                checkpoint_minutes=5.0,
-                log_every=max(1, min(50, args.steps // 10)),
-                seed=args.seed,
-            )
-            run = args.runs / backbone
-            model = train(cfg, args.data, run, resume=True)
-            infos = export(
-                model.state_dict(),
-                model.config,
-                Path(folder) / f"{backbone}.safetensors",
-                name=backbone,
-                lmbdas=lmbdas,
-                metric="mse",
-            )
-            rows = ev.evaluate(ev.learned_codec(infos), images)
-            curves[backbone] = ev.mean_curve(rows)[backbone]
-            runs[backbone] = {
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "transform_parameters": sum(
-                    p.numel() for name, p in model.named_parameters() if name.startswith(("g_a.", "g_s."))
-                ),
-                "seconds_per_step": seconds_per_step(run / "log.csv"),
-                "config": dataclasses.asdict(cfg),
-            }
+        for seed in seeds:
+            curves[seed], runs[seed] = {}, {}
+            for backbone in backbones:
+                cfg = TrainConfig(
+                    architecture="gllmm",
+                    backbone=backbone,
+                    family=args.family,
+                    n=args.n,
+                    m=args.m,
+                    lmbdas=lmbdas,
+                    balance_levels=True,
+                    crop=args.crop,
+                    batch=args.batch,
+                    steps=args.steps,
+                    lr=args.lr,
+                    lr_final=args.lr_final,
+                    lr_drop_at=1.0 - args.cool,
+                    threads=args.threads,
+                    checkpoint_minutes=5.0,
+                    log_every=max(1, min(50, args.steps // 10)),
+                    seed=seed,
+                )
+                run = args.runs / f"seed{seed}" / backbone
+                model = train(cfg, args.data, run, resume=True)
+                bits = []
+                if args.refit_steps:
+                    y_hats, hypers = cached_latents(model, args.data, args.refit_crops, seed=seed)
+                    bits = refit(model, y_hats, hypers, steps=args.refit_steps, seed=seed)
+                name = f"{backbone}-s{seed}"
+                infos = export(
+                    model.state_dict(),
+                    model.config,
+                    Path(folder) / f"{name}.safetensors",
+                    name=name,
+                    lmbdas=lmbdas,
+                    metric="mse",
+                )
+                rows = ev.evaluate(ev.learned_codec(infos), images)
+                curves[seed][backbone] = ev.mean_curve(rows)[name]
+                runs[seed][backbone] = {
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "transform_parameters": sum(
+                        p.numel() for key, p in model.named_parameters() if key.startswith(("g_a.", "g_s."))
+                    ),
+                    "seconds_per_step": seconds_per_step(run / "log.csv"),
+                    "refit_bits_per_element": [bits[0], bits[-1]] if bits else None,
+                    "config": dataclasses.asdict(cfg),
+                }
 
     print(
-        f"\n{args.steps} steps x {args.batch} crops of {args.crop}x{args.crop}, N={args.n}, {args.family}; "
-        f"{len(images)} images of {args.kodak.name}, real files"
+        f"\n{args.steps} steps x {args.batch} crops of {args.crop}x{args.crop} (lr {args.lr:g}, "
+        f"{args.lr_final:g} for the last {args.cool:.0%}), refit {args.refit_steps} steps, N={args.n}, "
+        f"{args.family}; {len(images)} images of {args.kodak.name}, real files"
     )
-    print(f"{'backbone':<10}{'transform params':>18}{'s/step':>8}   bpp / PSNR / MS-SSIM per quality")
-    for backbone, points in curves.items():
-        run = runs[backbone]
-        cells = "  ".join(f"{p['bpp']:.3f}/{p['psnr']:.2f}/{p['ms_ssim']:.4f}" for p in points)
-        print(f"{backbone:<10}{run['transform_parameters']:>18,}{run['seconds_per_step']:>8.3f}   {cells}")
-    bd = {}
+    print(f"{'backbone':<10}{'seed':>5}{'transform params':>18}{'s/step':>8}   bpp / PSNR / MS-SSIM per quality")
+    for seed in seeds:
+        for backbone, points in curves[seed].items():
+            run = runs[seed][backbone]
+            cells = "  ".join(f"{p['bpp']:.3f}/{p['psnr']:.2f}/{p['ms_ssim']:.4f}" for p in points)
+            print(
+                f"{backbone:<10}{seed:>5}{run['transform_parameters']:>18,}{run['seconds_per_step']:>8.3f}   {cells}"
+            )
+    bd: dict[str, dict] = {}
     if len(backbones) == 2:
-        anchor, other = curves
-        bd = ev.bd_table(curves)[other][anchor]
-        print(f"BD-rate of {other} vs {anchor}: {bd['psnr']:+.1f} % (PSNR), {bd['ms_ssim_db']:+.1f} % (MS-SSIM dB)")
+        anchor, other = backbones
+        per_seed = {seed: ev.bd_table(curves[seed])[other][anchor] for seed in seeds}
+        for seed, row in per_seed.items():
+            print(
+                f"seed {seed}: BD-rate of {other} vs {anchor}: {row['psnr']:+.1f} % (PSNR), "
+                f"{row['ms_ssim_db']:+.1f} % (MS-SSIM dB)"
+            )
+        for metric in ("psnr", "ms_ssim_db"):
+            values = [row[metric] for row in per_seed.values()]
+            bd[metric] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+        print(
+            f"mean over {len(seeds)} seeds: {bd['psnr']['mean']:+.1f} % (PSNR, {bd['psnr']['min']:+.1f} .. "
+            f"{bd['psnr']['max']:+.1f}), {bd['ms_ssim_db']['mean']:+.1f} % (MS-SSIM dB, "
+            f"{bd['ms_ssim_db']['min']:+.1f} .. {bd['ms_ssim_db']['max']:+.1f})"
+        )
+        bd["per_seed"] = {str(seed): row for seed, row in per_seed.items()}
     if args.output:
         result = {
             "images": len(images),
             "args": {k: str(v) for k, v in vars(args).items()},
-            "curves": curves,
-            "runs": runs,
+            "curves": {str(seed): c for seed, c in curves.items()},
+            "runs": {str(seed): r for seed, r in runs.items()},
             "bd_rate": bd,
             "environment": ev.environment(),
         }
