@@ -24,6 +24,11 @@ Every seed in ``--seeds`` repeats the pair of runs from another initialization a
 crop order; the BD-rate is given per seed and as their mean and range, the spread
 that says whether the difference is more than noise.
 
+With ``--train-only`` the runs are trained and nothing else, so that the backbones can
+train side by side (``--backbones residual --threads 1`` and ``--backbones crm --threads
+1``, one per core); the same command without it and without ``--backbones`` then refits,
+measures and compares them.
+
 ``--runs`` keeps the checkpoints (``RUNS/seedS/BACKBONE``): running again with more
 ``--steps`` continues the runs (``--resume``) instead of starting over (the cool-down
 then moves to the end of the longer run).
@@ -76,6 +81,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--limit", type=int, help="first images of --kodak only")
     parser.add_argument("--seeds", default="0", help="comma-separated; one pair of runs per seed")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train the runs and stop (to train backbones side by side, one process per core with --threads 1; "
+        "a rerun without it then refits and measures them)",
+    )
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args()
     backbones = args.backbones.split(",")
@@ -113,6 +124,8 @@ def main() -> None:
                 )
                 run = args.runs / f"seed{seed}" / backbone
                 model = train(cfg, args.data, run, resume=True)
+                if args.train_only:
+                    continue
                 bits = []
                 if args.refit_steps:
                     y_hats, hypers = cached_latents(model, args.data, args.refit_crops, seed=seed)
@@ -138,6 +151,8 @@ def main() -> None:
                     "config": dataclasses.asdict(cfg),
                 }
 
+    if args.train_only:
+        return
     print(
         f"\n{args.steps} steps x {args.batch} crops of {args.crop}x{args.crop} (lr {args.lr:g}, "
         f"{args.lr_final:g} for the last {args.cool:.0%}), refit {args.refit_steps} steps, N={args.n}, "
