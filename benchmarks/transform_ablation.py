@@ -163,9 +163,7 @@ def main() -> None:
         for backbone, points in curves[seed].items():
             run = runs[seed][backbone]
             cells = "  ".join(f"{p['bpp']:.3f}/{p['psnr']:.2f}/{p['ms_ssim']:.4f}" for p in points)
-            print(
-                f"{backbone:<10}{seed:>5}{run['transform_parameters']:>18,}{run['seconds_per_step']:>8.3f}   {cells}"
-            )
+            print(f"{backbone:<10}{seed:>5}{run['transform_parameters']:>18,}{run['seconds_per_step']:>8.3f}   {cells}")
     bd: dict[str, dict] = {}
     if len(backbones) == 2:
         anchor, other = backbones

@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 
 from conftest import smooth_image
+from mixcodec.errors import ConfigError
 from mixcodec.eval import read_rows
+from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
 from mixcodec.models.registry import load_model, read_infos
-from mixcodec.train import TrainConfig, load_preset, to_toml, train
+from mixcodec.train import TrainConfig, load_preset, reanchor_levels, to_toml, train
 
 
 def tiny_config(**changes) -> TrainConfig:
@@ -444,3 +446,50 @@ def test_decoder_fine_tuning_leaves_what_files_code_unchanged(tmp_path):
     changed = {k for k, v in tuned.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith(("g_s.", "gains.log_inverse_gain", "prior.quantiles")) for k in changed)
     assert any(k.startswith("g_s.") for k in changed) and "gains.log_inverse_gain" in changed
+
+
+def test_reanchored_levels_code_as_the_old_model_at_the_new_qualities_and_train_on(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(80, 90, seed=i)).save(data / f"{i}.png")
+    cfg = tiny_config(lmbdas=[0.004, 0.01, 0.04])
+    train(cfg, data, tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    with torch.no_grad():  # distinct rows, so that an interpolation cannot pass by chance
+        for key in ("gains.log_gain", "gains.log_inverse_gain"):
+            state["model"][key] += torch.arange(3.0)[:, None] * (1 if "inverse" not in key else -1)
+    at = [1.5, 2.25, 3.0]
+    moved = reanchor_levels(state, at)
+
+    def gains(weights, qualities):
+        model = ContextMixtureModel(ModelConfig.from_json(state["config"]))
+        model.load_state_dict(weights)
+        return model.gains(torch.tensor(qualities))
+
+    for new, old in zip(gains(moved["model"], [1.0, 2.0, 3.0]), gains(state["model"], at)):
+        assert torch.allclose(new, old, rtol=1e-6, atol=0)
+    assert moved["train_config"]["lmbdas"] == pytest.approx(
+        [0.004**0.5 * 0.01**0.5, 0.01**0.75 * 0.04**0.25, 0.04], rel=1e-3
+    )
+    assert all(torch.equal(v, state["model"][k]) for k, v in moved["model"].items() if not k.startswith("gains."))
+    assert moved["step"] == state["step"] and moved["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    moments = [m["exp_avg"] for m in moved["optimizer"]["state"].values() if m["exp_avg"].shape == (3, 8)]
+    before = [m["exp_avg"] for m in state["optimizer"]["state"].values() if m["exp_avg"].shape == (3, 8)]
+    assert len(moments) == 2 and all(torch.allclose(a[0], (b[0] + b[1]) / 2) for a, b in zip(moments, before))
+    for bad in ([1.0, 2.0], [2.0, 1.5, 3.0], [0.5, 2.0, 3.0], [1.0, 2.0, 3.5]):
+        with pytest.raises(ConfigError):
+            reanchor_levels(state, bad)
+    # the CLI writes it, refuses to overwrite, and the run trains on from it with the new ladder
+    torch.save(state, tmp_path / "run" / "last.pt")
+    cli = [sys.executable, "-m", "mixcodec.cli", "reanchor", str(tmp_path / "run" / "last.pt"), "--at"]
+    out = tmp_path / "moved" / "last.pt"
+    out.parent.mkdir()
+    proc = subprocess.run([*cli, "1.5,2.25,3", "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "--lmbdas 0.006325,0.01414,0.04" in proc.stdout, proc.stderr
+    for args in (["1.5,2.25,3", "-o", str(out)], ["1,x,3", "-o", str(tmp_path / "x.pt")]):
+        proc = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    lmbdas = torch.load(out, weights_only=True)["train_config"]["lmbdas"]
+    train(dataclasses.replace(cfg, lmbdas=lmbdas, steps=4), data, out.parent, resume=True)
+    assert torch.load(out, weights_only=True)["step"] == 4

@@ -819,6 +819,41 @@ def export_command(checkpoint, output, name, model_version, measure, rows, base,
     click.echo(f"wrote {infos[0].path} ({infos[0].label}, {len(infos)} qualities, digest {infos[0].sha256})")
 
 
+@main.command("reanchor")
+@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option(
+    "--at",
+    "positions",
+    required=True,
+    help="One real quality per level, increasing, e.g. 1.4,2.5,3.3,4,4.8,6,7,8: where each level moves to.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Checkpoint to write (e.g. the run's last.pt after moving the old one away, then --resume).",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def reanchor_command(checkpoint, positions, output, force) -> None:
+    """Move the quality levels of a variable-rate training checkpoint to real qualities of it.
+
+    Each level takes the gains the model uses at its new quality (so it codes exactly as
+    before there) and the interpolated λ; train on with the λ ladder it prints."""
+    from .train import atomic_save, load_checkpoint, reanchor_levels
+
+    try:
+        at = [float(v) for v in positions.split(",")]
+    except ValueError:
+        raise BadInput(f"--at must be comma-separated numbers, got {positions!r}") from None
+    if output.exists() and not force:
+        raise BadInput(f"{output} exists (use --force to overwrite)")
+    moved = reanchor_levels(load_checkpoint(checkpoint), at)
+    atomic_save(moved, output)
+    ladder = ",".join(f"{v:g}" for v in moved["train_config"]["lmbdas"])
+    click.echo(f"wrote {output}; train on with --lmbdas {ladder} (or that ladder in the preset)")
+
+
 @main.command("refit")
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option(

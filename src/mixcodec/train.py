@@ -35,7 +35,7 @@ from .data import CropDataset, list_images
 from .entropy.distributions import ENTROPY_FAMILIES
 from .errors import ConfigError, InputError
 from .losses import METRICS, rate_distortion_loss
-from .models.context_model import ARCHITECTURES, ContextMixtureModel, ModelConfig
+from .models.context_model import ARCHITECTURES, ContextMixtureModel, ModelConfig, rows_at
 from .models.transforms import BACKBONES
 from .models.widening import widen_synthesis
 
@@ -406,6 +406,49 @@ def _restore(
         if fresh and rank == 0:
             print(f"--init {init}: not in it (or of another shape), left at their initialization: {', '.join(fresh)}")
     return 0
+
+
+def reanchor_levels(state: dict, positions: list[float]) -> dict:
+    """A training checkpoint whose quality levels sit at real qualities of ``state``'s.
+
+    Level ``q`` of the result is the old model at quality ``positions[q - 1]``: its
+    log-gain rows (and their Adam moments) become the rows the old model interpolates
+    there (:func:`~.models.context_model.rows_at`), its λ the geometric interpolation of
+    the old neighbours' λ.  The model codes exactly as before at those qualities, so a
+    run can move its rates in one step instead of waiting for a new λ ladder to pull the
+    gains there (then train on with the returned ``train_config["lmbdas"]``).
+
+    Raises:
+        ConfigError: ``positions`` is not one increasing value per level in ``[1, Q]``.
+    """
+    cfg = TrainConfig(**state["train_config"])
+    qualities = len(cfg.lmbdas)
+    if (
+        len(positions) != qualities
+        or any(not 1 <= p <= qualities for p in positions)
+        or any(a >= b for a, b in zip(positions, positions[1:]))
+    ):
+        raise ConfigError(
+            f"need {qualities} increasing qualities between 1 and {qualities} (one per level), got {positions}"
+        )
+    at = torch.tensor(positions, dtype=torch.float64)
+    model, optimizers = _build(cfg)
+    names = {id(p): name for name, p in model.named_parameters()}
+    index = {names[id(p)]: i for i, p in enumerate(optimizers.main.param_groups[0]["params"])}
+    weights, moments = dict(state["model"]), dict(state["optimizer"]["state"])
+    for name in ("gains.log_gain", "gains.log_inverse_gain"):
+        weights[name] = rows_at(weights[name], at)
+        if name in index and index[name] in moments:
+            moments[index[name]] = {
+                key: rows_at(value, at) if value.dim() == 2 else value for key, value in moments[index[name]].items()
+            }
+    lmbdas = rows_at(torch.tensor(cfg.lmbdas, dtype=torch.float64).log()[:, None], at).exp()[:, 0]
+    return {
+        **state,
+        "model": weights,
+        "optimizer": {**state["optimizer"], "state": moments},
+        "train_config": {**state["train_config"], "lmbdas": [float(f"{v:.4g}") for v in lmbdas]},
+    }
 
 
 def _save(model: ContextMixtureModel, optimizers: _Optimizers, cfg: TrainConfig, step: int, path: Path) -> None:

@@ -122,15 +122,24 @@ class QualityGains(nn.Module):
 
     def forward(self, quality: Tensor) -> tuple[Tensor, Tensor]:
         """``(gain, inverse_gain)`` of shape ``(B, C, 1, 1)`` for qualities ``(B,)``."""
-        position = quality.float().clamp(1, self.qualities) - 1
-        low = position.floor().long().clamp(max=max(self.qualities - 2, 0))
-        high = (low + 1).clamp(max=self.qualities - 1)
-        t = (position - low)[:, None]
 
-        def interpolate(table: Tensor) -> Tensor:
-            return torch.exp(torch.lerp(table[low], table[high], t))[:, :, None, None]
+        def gains(table: Tensor) -> Tensor:
+            return torch.exp(rows_at(table, quality))[:, :, None, None]
 
-        return interpolate(self.log_gain), interpolate(self.log_inverse_gain)
+        return gains(self.log_gain), gains(self.log_inverse_gain)
+
+
+def rows_at(table: Tensor, quality: Tensor) -> Tensor:
+    """Rows of a per-quality ``table`` ``(Q, C)`` at real qualities ``(B,)`` in ``[1, Q]``.
+
+    Integer ``q`` selects row ``q - 1``; other values interpolate the two neighbouring
+    rows linearly (for log-gains: geometric interpolation of the gains).  Returns ``(B, C)``.
+    """
+    qualities = table.shape[0]
+    position = quality.float().clamp(1, qualities) - 1
+    low = position.floor().long().clamp(max=max(qualities - 2, 0))
+    high = (low + 1).clamp(max=qualities - 1)
+    return torch.lerp(table[low], table[high], (position - low)[:, None].to(table.dtype))
 
 
 def ste_round(x: Tensor) -> Tensor:
