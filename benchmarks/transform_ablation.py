@@ -31,7 +31,9 @@ measures and compares them.
 
 ``--runs`` keeps the checkpoints (``RUNS/seedS/BACKBONE``): running again with more
 ``--steps`` continues the runs (``--resume``) instead of starting over (the cool-down
-then moves to the end of the longer run).
+then moves to the end of the longer run).  Each run's refit and Kodak measurement is kept
+beside it (``measured.json``) and reused by a rerun with the same steps, refit and images,
+so seeds can be measured as they finish.
 """
 
 from __future__ import annotations
@@ -126,21 +128,33 @@ def main() -> None:
                 model = train(cfg, args.data, run, resume=True)
                 if args.train_only:
                     continue
-                bits = []
-                if args.refit_steps:
-                    y_hats, hypers = cached_latents(model, args.data, args.refit_crops, seed=seed)
-                    bits = refit(model, y_hats, hypers, steps=args.refit_steps, seed=seed)
-                name = f"{backbone}-s{seed}"
-                infos = export(
-                    model.state_dict(),
-                    model.config,
-                    Path(folder) / f"{name}.safetensors",
-                    name=name,
-                    lmbdas=lmbdas,
-                    metric="mse",
-                )
-                rows = ev.evaluate(ev.learned_codec(infos), images)
-                curves[seed][backbone] = ev.mean_curve(rows)[name]
+                key = {
+                    "steps": args.steps,
+                    "refit_steps": args.refit_steps,
+                    "refit_crops": args.refit_crops,
+                    "images": [str(path) for path in images],
+                }
+                measured = run / "measured.json"
+                done = json.loads(measured.read_text()) if measured.exists() else {}
+                if done.get("key") != key:
+                    bits = []
+                    if args.refit_steps:
+                        y_hats, hypers = cached_latents(model, args.data, args.refit_crops, seed=seed)
+                        bits = refit(model, y_hats, hypers, steps=args.refit_steps, seed=seed)
+                    name = f"{backbone}-s{seed}"
+                    infos = export(
+                        model.state_dict(),
+                        model.config,
+                        Path(folder) / f"{name}.safetensors",
+                        name=name,
+                        lmbdas=lmbdas,
+                        metric="mse",
+                    )
+                    curve = ev.mean_curve(ev.evaluate(ev.learned_codec(infos), images))[name]
+                    done = {"key": key, "curve": curve, "refit_bits": bits}
+                    measured.write_text(json.dumps(done, indent=1))
+                curves[seed][backbone] = done["curve"]
+                bits = done["refit_bits"]
                 runs[seed][backbone] = {
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "transform_parameters": sum(
