@@ -15,8 +15,7 @@ to a real ``.mxc`` file with each variant at ``--quality`` (and the first
 model (trained jointly with the transforms) is listed for reference.
 
 This is the entropy half of the papers' ablations at a CPU budget; the transform
-half (plain residual blocks vs CRM) needs full training runs (``mixcodec train
---preset ...`` with ``architecture = "cheng2020-gmm"`` vs ``"gllmm"``).
+half (plain residual blocks vs CRM, trained from scratch) is ``transform_ablation.py``.
 """
 
 from __future__ import annotations
