@@ -128,7 +128,7 @@ def main() -> None:
                 model = train(cfg, args.data, run, resume=True)
                 if args.train_only:
                     continue
-                key = {
+                wanted = {
                     "steps": args.steps,
                     "refit_steps": args.refit_steps,
                     "refit_crops": args.refit_crops,
@@ -136,7 +136,7 @@ def main() -> None:
                 }
                 measured = run / "measured.json"
                 done = json.loads(measured.read_text()) if measured.exists() else {}
-                if done.get("key") != key:
+                if done.get("key") != wanted:
                     bits = []
                     if args.refit_steps:
                         y_hats, hypers = cached_latents(model, args.data, args.refit_crops, seed=seed)
@@ -151,14 +151,14 @@ def main() -> None:
                         metric="mse",
                     )
                     curve = ev.mean_curve(ev.evaluate(ev.learned_codec(infos), images))[name]
-                    done = {"key": key, "curve": curve, "refit_bits": bits}
+                    done = {"key": wanted, "curve": curve, "refit_bits": bits}
                     measured.write_text(json.dumps(done, indent=1))
                 curves[seed][backbone] = done["curve"]
                 bits = done["refit_bits"]
                 runs[seed][backbone] = {
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "transform_parameters": sum(
-                        p.numel() for key, p in model.named_parameters() if key.startswith(("g_a.", "g_s."))
+                        p.numel() for param, p in model.named_parameters() if param.startswith(("g_a.", "g_s."))
                     ),
                     "seconds_per_step": seconds_per_step(run / "log.csv"),
                     "refit_bits_per_element": [bits[0], bits[-1]] if bits else None,

@@ -431,7 +431,7 @@ def reanchor_levels(state: dict, positions: list[float]) -> dict:
         raise ConfigError(
             f"need {qualities} increasing qualities between 1 and {qualities} (one per level), got {positions}"
         )
-    at = torch.tensor(positions, dtype=torch.float64)
+    at = torch.tensor(positions)
     model, optimizers = _build(cfg)
     names = {id(p): name for name, p in model.named_parameters()}
     index = {names[id(p)]: i for i, p in enumerate(optimizers.main.param_groups[0]["params"])}
