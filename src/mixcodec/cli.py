@@ -38,10 +38,15 @@ class BadInput(click.ClickException):
         click.echo(f"mixcodec: error: {self.message}", err=True)
 
 
-def write_atomic(path: Path, data: bytes, force: bool) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+def refuse_overwrite(path: Path, force: bool) -> None:
+    """Raise :class:`BadInput` if ``path`` exists and ``force`` is not set."""
     if path.exists() and not force:
         raise BadInput(f"{path} exists (use --force to overwrite)")
+
+
+def write_atomic(path: Path, data: bytes, force: bool) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    refuse_overwrite(path, force)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
@@ -141,8 +146,7 @@ def _run_each(inputs, outputs, job, force: bool) -> None:
         pairs = tqdm(pairs, unit="file", file=sys.stderr)
     for src, dst in pairs:
         try:
-            if dst.exists() and not force:
-                raise BadInput(f"{dst} exists (use --force to overwrite)")
+            refuse_overwrite(dst, force)  # before the job: an existing output costs no coding
             write_atomic(dst, job(src), force)
         except BadInput as exc:
             failures += 1
@@ -727,8 +731,7 @@ def pack_command(data, output, size, max_mb, seed, force) -> None:
 
     if output.suffix != PACKED_SUFFIX:
         raise BadInput(f"{output}: packed-crop files end in {PACKED_SUFFIX}")
-    if output.exists() and not force:
-        raise BadInput(f"{output} exists (use --force to overwrite)")
+    refuse_overwrite(output, force)
     try:
         crops = pack_crops(data, size, int(max_mb * 1e6), seed)
     except ValueError as exc:
@@ -777,8 +780,7 @@ def export_command(checkpoint, output, name, model_version, measure, rows, base,
     from .models.registry import export, export_digest, newest_version, read_infos
     from .train import TrainConfig, load_checkpoint
 
-    if output.exists() and not force:
-        raise BadInput(f"{output} exists (use --force to overwrite)")
+    refuse_overwrite(output, force)
     if base is not None and base.resolve().parent != output.resolve().parent:
         raise BadInput(
             f"--base {base} must be in the output's folder ({output.resolve().parent}): "
@@ -819,6 +821,13 @@ def export_command(checkpoint, output, name, model_version, measure, rows, base,
     click.echo(f"wrote {infos[0].path} ({infos[0].label}, {len(infos)} qualities, digest {infos[0].sha256})")
 
 
+def _checkpoint_output(help: str):
+    """The ``-o/--output`` option of the commands that write a training checkpoint."""
+    return click.option(
+        "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help=help
+    )
+
+
 @main.command("reanchor")
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option(
@@ -827,13 +836,7 @@ def export_command(checkpoint, output, name, model_version, measure, rows, base,
     required=True,
     help="One real quality per level, increasing, e.g. 1.4,2.5,3.3,4,4.8,6,7,8: where each level moves to.",
 )
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Checkpoint to write (e.g. the run's last.pt after moving the old one away, then --resume).",
-)
+@_checkpoint_output("Checkpoint to write (e.g. the run's last.pt after moving the old one away, then --resume).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def reanchor_command(checkpoint, positions, output, force) -> None:
     """Move the quality levels of a variable-rate training checkpoint to real qualities of it.
@@ -846,8 +849,7 @@ def reanchor_command(checkpoint, positions, output, force) -> None:
         at = [float(v) for v in positions.split(",")]
     except ValueError:
         raise BadInput(f"--at must be comma-separated numbers, got {positions!r}") from None
-    if output.exists() and not force:
-        raise BadInput(f"{output} exists (use --force to overwrite)")
+    refuse_overwrite(output, force)
     moved = reanchor_levels(load_checkpoint(checkpoint), at)
     atomic_save(moved, output)
     ladder = ",".join(f"{v:g}" for v in moved["train_config"]["lmbdas"])
@@ -862,13 +864,7 @@ def reanchor_command(checkpoint, positions, output, force) -> None:
     type=click.Path(path_type=Path, exists=True),
     help="Training images (never the evaluation set): a folder, or a packed-crop file (.npy).",
 )
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Checkpoint to write (for `mixcodec export`).",
-)
+@_checkpoint_output("Checkpoint to write (for `mixcodec export`).")
 @click.option("--steps", default=2000, show_default=True)
 @click.option("--crops", default=1024, show_default=True, help="Random crops whose latents are cached.")
 @click.option("--crop", default=256, show_default=True, help="Side of the crops (a multiple of 64).")
@@ -881,8 +877,7 @@ def refit_command(checkpoint, data, output, steps, crops, crop, lr, force) -> No
     from .refit import cached_latents, refit
     from .train import atomic_save, load_checkpoint
 
-    if output.exists() and not force:
-        raise BadInput(f"{output} exists (use --force to overwrite)")
+    refuse_overwrite(output, force)
     if crop <= 0 or crop % PAD_MULTIPLE:
         raise BadInput(f"--crop must be a positive multiple of {PAD_MULTIPLE}, got {crop}")
     state = load_checkpoint(checkpoint)
