@@ -207,11 +207,18 @@ def test_parameters_of_some_channels_are_those_channels_of_all(tiny_model):
     assert len(np.unique(everything.means)) > 3  # the comparison is not between constants
 
 
-def test_integer_linear_is_the_float64_product_at_the_extreme_bounds():
+@pytest.mark.parametrize("split", [False, True])
+def test_integer_linear_is_the_float64_product_at_the_extreme_bounds(split, monkeypatch):
     """Weights ±(2**15 - 1) and inputs ±ACT_LIMIT of one sign make the largest sums the
     bound allows (2**46.6, far beyond float32's 2**24); random ones of mixed signs the
     usual case.  Output counts that are not multiples of the kernel's tile of four, a
-    single position, and more positions than the kernel takes (the GEMM) are covered."""
+    single position, and more positions than the kernel takes (the GEMM) are covered;
+    ``split``: every kernel call shares its outputs with a helper thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if split:
+        monkeypatch.setattr(exact, "SPLIT_MULTIPLY_ADDS", 0)
+    helper = ThreadPoolExecutor(1) if split else None
     g = np.random.default_rng(4)
     top = 2**exact.WEIGHT_LIMIT_BITS - 1
     for positions, inputs, outputs in ((1, 1536, 7), (11, 640, 18), (3, 5, 1), (exact.KERNEL_POSITIONS + 1, 64, 5)):
@@ -223,7 +230,7 @@ def test_integer_linear_is_the_float64_product_at_the_extreme_bounds():
         layer = exact.IntegerLinear(
             np.ascontiguousarray(weights.T, dtype=np.float32), bias.astype(np.float64), bits=exact.ACT_BITS
         )
-        got = layer.accumulate(torch.from_numpy(x.astype(np.float64)))
+        got = layer.accumulate(torch.from_numpy(x.astype(np.float64)), helper)
         expected = x @ weights + bias  # int64: exact
         assert expected[0, 0] == exact.ACT_LIMIT * top * inputs + bias[0]
         np.testing.assert_array_equal(got.numpy().astype(np.int64), expected)

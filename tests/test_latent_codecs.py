@@ -3,6 +3,8 @@ hyperprior's tables as part of its exact face."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,35 @@ def test_the_z_quantizer_clips_to_the_coder_range():
     model = ContextMixtureModel(CONFIG)
     z_hat = model.prior.quantize(torch.full((1, 8, 1, 1), 1e4), noise=False)
     assert torch.all(z_hat - model.prior.medians.view(1, -1, 1, 1) <= 256)
+
+
+def test_a_helper_thread_changes_no_bit_of_the_stream_or_the_latents(tiny_model, monkeypatch):
+    """With ``threads=2`` half of each kernel call runs in a helper thread (thresholds at 0 so
+    that every call of this small model splits); the stream and the latents are those of one
+    thread, and both kernels did run in the helper."""
+    from mixcodec.entropy import exact
+
+    loaded = load(tiny_model(m=12))
+    g = torch.Generator().manual_seed(5)
+    z_hat = torch.randint(-3, 4, (1, loaded.net.config.n, 2, 3), generator=g).float()
+    hyper = loaded.hyperprior.hyper(z_hat)  # (24, 8, 12)
+    y_hat = torch.randint(-6, 7, (1, 12, 8, 12), generator=g).float()
+    y_hat[0, 0] *= 20  # wider windows in one channel
+    y_hat[0, 3] = 0  # a skipped channel
+    stream, active = loaded.context.compress(y_hat, hyper, threads=1)
+
+    monkeypatch.setattr(exact, "SPLIT_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(exact, "SPLIT_CDF_VALUES", 0)
+    ran_in = set()
+    for name in ("_linear_kernel", "_window_pmf_kernel"):
+        kernel = getattr(exact, name)
+
+        def spy(*args, kernel=kernel, name=name):
+            ran_in.add((name, threading.current_thread().name.startswith("mixcodec-exact")))
+            return kernel(*args)
+
+        monkeypatch.setattr(exact, name, spy)
+    again, active_again = loaded.context.compress(y_hat, hyper, threads=2)
+    assert again == stream and np.array_equal(active_again, active)
+    assert torch.equal(loaded.context.decompress(stream, hyper, active, threads=2), y_hat)
+    assert {("_linear_kernel", True), ("_window_pmf_kernel", True), ("_linear_kernel", False)} <= ran_in

@@ -823,9 +823,7 @@ def export_command(checkpoint, output, name, model_version, measure, rows, base,
 
 def _checkpoint_output(help: str):
     """The ``-o/--output`` option of the commands that write a training checkpoint."""
-    return click.option(
-        "-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help=help
-    )
+    return click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help=help)
 
 
 @main.command("reanchor")

@@ -170,7 +170,9 @@ def compress(
     else:
         y_hat, z_hat = image_latents(loaded.net, array, info.quality)
     z_stream = loaded.hyperprior.compress(z_hat)
-    y_stream, active = loaded.context.compress(y_hat, loaded.hyperprior.hyper(z_hat), schedule)
+    y_stream, active = loaded.context.compress(
+        y_hat, loaded.hyperprior.hyper(z_hat), schedule, threads=torch.get_num_threads()
+    )
     header = bitstream.Header(
         model=info.name,
         quality=info.quality,
@@ -215,7 +217,8 @@ def decode_latents(
 ) -> tuple[bitstream.Header, ContextMixtureModel, torch.Tensor]:
     """Parse a file and decode its ``ŷ``: ``(header, model, ŷ (1, m, H/16, W/16))``."""
     header, y_stream, hyper, loaded, _ = _open(data, model)
-    return header, loaded.net, loaded.context.decompress(y_stream, hyper, header.active, header.schedule)
+    y_hat = loaded.context.decompress(y_stream, hyper, header.active, header.schedule, threads=torch.get_num_threads())
+    return header, loaded.net, y_hat
 
 
 def decode_pixels(
@@ -227,14 +230,16 @@ def decode_pixels(
     :func:`tiling.stripe_rows`) is synthesized in stripes, and, with two or more torch
     threads, beside the entropy decoding: a worker thread synthesizes the rows of ``ŷ``
     the decoder has finished (:class:`tiling.BackgroundSynthesis`: the entropy path gets
-    one thread, the worker the others).  The pixels are :func:`reconstruct` of the
-    decoded ``ŷ`` either way.
+    one thread, the worker the others).  An image of one stripe (every Kodak image) is
+    entropy-decoded first, with the other thread computing half of each large kernel call
+    (:meth:`~.context_coding.IntegerContextCodec.decompress` ``threads``), then synthesized.
+    The pixels are :func:`reconstruct` of the decoded ``ŷ`` either way.
     """
     header, y_stream, hyper, loaded, latent_size = _open(data, model)
     rows = rows or tiling.stripe_rows(16 * latent_size[1])
     threads = torch.get_num_threads()
     if not tiling.is_striped(16 * latent_size[0], 16 * latent_size[1], rows) or threads < 2:
-        y_hat = loaded.context.decompress(y_stream, hyper, header.active, header.schedule)
+        y_hat = loaded.context.decompress(y_stream, hyper, header.active, header.schedule, threads=threads)
         return header, reconstruct(loaded.net, y_hat, header.quality, header.height, header.width, rows)
     synthesis = tiling.Synthesis(loaded.net, header.quality, latent_size, header.height, header.width, rows)
     with tiling.BackgroundSynthesis(synthesis, threads=threads - 1, caller_threads=1) as background:

@@ -30,8 +30,10 @@ that are zero everywhere are flagged and skipped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -272,7 +274,13 @@ class IntegerContextCodec:
         return torch.zeros(self.channels, height + self.reach, width + 2 * self.reach, dtype=torch.float32)
 
     def params(
-        self, y_padded: Tensor, hyper: Tensor, rows: np.ndarray, cols: np.ndarray, active: np.ndarray
+        self,
+        y_padded: Tensor,
+        hyper: Tensor,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        active: np.ndarray,
+        helper: Executor | None = None,
     ) -> exact.IntegerMixture:
         """Mixture parameters ``(F, K, len(rows) * len(active))`` of the channels ``active`` at the
         given latent positions, elements in (position, channel) order.
@@ -280,17 +288,22 @@ class IntegerContextCodec:
         Args:
             y_padded: decoded latents so far (:meth:`padded`).
             hyper: :meth:`IntegerHyperprior.hyper` of ``ẑ``.
+            helper: a thread for half of each large layer (:meth:`.exact.IntegerLinear.accumulate`).
         """
         windows = np.empty((len(rows), self.channels * len(self.taps)))
         _fixed_windows(y_padded.numpy(), rows, cols, self._tap_rows, self._tap_cols, windows)
-        context = self.context(torch.from_numpy(windows))
+        context = self.context(torch.from_numpy(windows), helper)
         x = torch.cat([hyper[:, torch.from_numpy(rows), torch.from_numpy(cols)].T.double(), context], dim=1)
         for layer in self.hidden:
-            x = layer(x)
-        return exact.integer_params(self.spec, self.output_layer(active)(x))
+            x = layer(x, helper)
+        return exact.integer_params(self.spec, self.output_layer(active)(x, helper))
 
-    def compress(self, y_hat: Tensor, hyper: Tensor, schedule: str = "wavefront") -> tuple[bytes, np.ndarray]:
+    def compress(
+        self, y_hat: Tensor, hyper: Tensor, schedule: str = "wavefront", threads: int = 1
+    ) -> tuple[bytes, np.ndarray]:
         """Range-code ``ŷ`` (``(1, m, H, W)`` integers) given the hyper features of its ``ẑ``.
+        ``threads``: 2 or more lets a second thread compute half of each large kernel call
+        (:func:`_helper`); the bytes do not depend on it.
 
         Returns:
             ``(stream, active channels)``.
@@ -299,7 +312,8 @@ class IntegerContextCodec:
         flat = y_int.flatten(1)
         active = np.flatnonzero(((flat.amax(1) != 0) | (flat.amin(1) != 0)).numpy())
         encoder = coding.new_encoder()
-        self._encode(hyper, y_int, active, schedule, encoder)
+        with _helper(threads) as helper:
+            self._encode(hyper, y_int, active, schedule, encoder, helper)
         return coding.finish(encoder), active
 
     def decompress(
@@ -309,12 +323,17 @@ class IntegerContextCodec:
         active: np.ndarray,
         schedule: str = "wavefront",
         on_rows: RowsDone | None = None,
+        threads: int = 1,
     ) -> Tensor:
         """Inverse of :meth:`compress`: ``ŷ`` ``(1, m, H, W)`` float32, the latent size that of ``hyper``;
-        ``on_rows``: told as rows of ``ŷ`` become final (:meth:`_decode`)."""
-        return self._decode(hyper, active, schedule, coding.new_decoder(stream), on_rows).float()[None]
+        ``on_rows``: told as rows of ``ŷ`` become final (:meth:`_decode`); ``threads`` as in
+        :meth:`compress` (the latents do not depend on it)."""
+        with _helper(threads) as helper:
+            return self._decode(hyper, active, schedule, coding.new_decoder(stream), on_rows, helper).float()[None]
 
-    def _encode(self, hyper: Tensor, y_int: Tensor, active: np.ndarray, schedule: str, encoder) -> None:
+    def _encode(
+        self, hyper: Tensor, y_int: Tensor, active: np.ndarray, schedule: str, encoder, helper: Executor | None
+    ) -> None:
         """Write every active element of ``ŷ`` (``(m, H, W)`` int32) in the decoder's order.
 
         The encoder knows all of ``ŷ``, so it evaluates the entropy parameters and PMFs of
@@ -329,13 +348,13 @@ class IntegerContextCodec:
         with torch.no_grad():
             for chunk in _step_chunks(self.steps(schedule, height, width), ENCODER_CHUNK_POSITIONS):
                 rows, cols = np.concatenate([r for r, _ in chunk]), np.concatenate([c for _, c in chunk])
-                mixture = self.params(y_padded, hyper, rows, cols, active)
+                mixture = self.params(y_padded, hyper, rows, cols, active, helper)
                 values = (
                     y_int[active_t[None, :], torch.from_numpy(rows)[:, None], torch.from_numpy(cols)[:, None]]
                     .reshape(-1)
                     .numpy()
                 )
-                groups = _pmf_groups(self.spec, mixture)
+                groups = _pmf_groups(self.spec, mixture, helper)
                 # each step's elements are a contiguous range (elements are in step order)
                 bounds = np.cumsum([0] + [len(r) * len(active) for r, _ in chunk])
                 cuts = [np.searchsorted(index, bounds) for index, _, _ in groups]
@@ -346,7 +365,13 @@ class IntegerContextCodec:
                             coding.encode_symbols(encoder, values[index[a:b]], pmf[a:b], offsets[a:b])
 
     def _decode(
-        self, hyper: Tensor, active: np.ndarray, schedule: str, decoder, on_rows: RowsDone | None = None
+        self,
+        hyper: Tensor,
+        active: np.ndarray,
+        schedule: str,
+        decoder,
+        on_rows: RowsDone | None = None,
+        helper: Executor | None = None,
     ) -> Tensor:
         """Walk the schedule and read every active element of ``ŷ``: one batch per step (the
         positions of a step only depend on earlier steps), one coder call per window width.
@@ -366,9 +391,9 @@ class IntegerContextCodec:
         done = 0
         with torch.no_grad():
             for step, (rows, cols) in enumerate(steps):
-                mixture = self.params(y_padded, hyper, rows, cols, active)
+                mixture = self.params(y_padded, hyper, rows, cols, active, helper)
                 values = np.zeros(len(rows) * len(active), dtype=np.int64)
-                for index, pmf, offsets in _pmf_groups(self.spec, mixture):
+                for index, pmf, offsets in _pmf_groups(self.spec, mixture, helper):
                     values[index] = coding.decode_symbols(decoder, pmf, offsets)
                 grid = torch.from_numpy(values).float().reshape(len(rows), len(active))
                 y_padded[
@@ -397,7 +422,17 @@ def _fixed_windows(y_padded, rows, cols, tap_rows, tap_cols, out):  # pragma: no
                 out[p, c * taps + t] = y_padded[c, rows[p] + tap_rows[t], cols[p] + tap_cols[t]] * 2.0**exact.ACT_BITS
 
 
-def _pmf_groups(spec: MixtureSpec, mixture: exact.IntegerMixture) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _helper(threads: int) -> contextlib.AbstractContextManager[Executor | None]:
+    """A one-thread pool that takes half of each large kernel call of the exact path while the
+    calling thread does the other half (``threads >= 2``), else None.  The halves run the same
+    integer arithmetic as one call (:func:`.entropy.exact._in_halves`), so the bits and the
+    latents do not depend on ``threads``; the range coder stays in the calling thread."""
+    return ThreadPoolExecutor(1, thread_name_prefix="mixcodec-exact") if threads >= 2 else contextlib.nullcontext()
+
+
+def _pmf_groups(
+    spec: MixtureSpec, mixture: exact.IntegerMixture, helper: Executor | None = None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """PMF windows of the elements of ``mixture`` (parameters ``(F, K, m)``), grouped by width.
 
     Each element gets the smallest half-width of :data:`WINDOW_HALF_WIDTHS` covering its
@@ -412,7 +447,7 @@ def _pmf_groups(spec: MixtureSpec, mixture: exact.IntegerMixture) -> list[tuple[
         index = np.flatnonzero(half == h)
         if index.size:
             offsets = centers[index] - h
-            pmf = exact.integer_window_pmf(spec, offsets, 2 * h + 1, mixture, index)
+            pmf = exact.integer_window_pmf(spec, offsets, 2 * h + 1, mixture, index, helper)
             groups.append((index, pmf * 2.0**-exact.PMF_BITS, offsets))
     return groups
 

@@ -32,6 +32,7 @@ Relation to :mod:`.distributions`: this is a fixed-point twin of
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -170,6 +171,26 @@ FLOAT64_EXACT = 2.0**53
 #: up to about this many on one core; beyond, the GEMM's blocking wins: 1.9x at 4096 positions
 #: of the 1536-input context layer).
 KERNEL_POSITIONS = 512
+#: Least work for which a kernel call is split between the caller and a helper thread
+#: (:func:`_in_halves`): below it the hand-over costs more than the half saves (measured on
+#: the 2-core AMD EPYC, ``benchmarks/entropy_speed.py --threads 2``).  Multiply-adds of an
+#: :class:`IntegerLinear` call; CDF evaluations (elements x (width + 1) x components) of an
+#: :func:`integer_window_pmf` call.
+SPLIT_MULTIPLY_ADDS = 1_500_000
+SPLIT_CDF_VALUES = 10_000
+
+
+def _in_halves(helper: Executor | None, split: bool, count: int, cut: int, run) -> None:
+    """``run(lo, hi)`` on ``[0, count)``: with a ``helper`` thread and ``split``, ``[cut, count)``
+    runs in the helper while ``[0, cut)`` runs here (the compiled kernels release the GIL),
+    else all of it here.  Each half writes its own outputs with the arithmetic of the whole,
+    so the results are the same either way."""
+    if helper is None or not split or not 0 < cut < count:
+        run(0, count)
+        return
+    second = helper.submit(run, cut, count)
+    run(0, cut)
+    second.result()
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -274,22 +295,32 @@ class IntegerLinear:
         """The layer restricted to the outputs ``outputs`` (``(n,)`` indices): those columns of its results."""
         return IntegerLinear(np.ascontiguousarray(self.rows[outputs]), self.bias[outputs], self.bits, self.leaky)
 
-    def accumulate(self, x: Tensor) -> Tensor:
+    def accumulate(self, x: Tensor, helper: Executor | None = None) -> Tensor:
         """``x @ W + b`` before requantization: ``(P, C)`` float64 integers within ``±ACT_LIMIT``
         -> ``(P, O)`` float64 integers in units of ``2**-(bits + ACT_BITS)``.  Up to
         :data:`KERNEL_POSITIONS` positions by the kernel, more by a float64 GEMM (cache-blocked,
-        threaded: faster there); the same integers."""
+        threaded: faster there); the same integers.  ``helper``: a thread that computes half
+        of the outputs of a large enough kernel call (:func:`_in_halves`)."""
         if x.shape[0] > KERNEL_POSITIONS:
             return torch.addmm(torch.from_numpy(self.bias), x, torch.from_numpy(self.rows).T.double())
         padded = np.zeros((-(-x.shape[0] // 4) * 4, x.shape[1]))  # whole tiles of 4 positions
         padded[: x.shape[0]] = x.numpy()
-        out = np.empty((padded.shape[0], self.rows.shape[0]))
-        _linear_kernel(padded, self.rows, self.bias, out)
+        outputs = self.rows.shape[0]
+        parts: dict[int, np.ndarray] = {}
+
+        def run(lo: int, hi: int) -> None:
+            parts[lo] = np.empty((padded.shape[0], hi - lo))
+            _linear_kernel(padded, self.rows[lo:hi], self.bias[lo:hi], parts[lo])
+
+        cut = outputs // 8 * 4  # on a tile of 4 outputs
+        _in_halves(helper, padded.size * outputs >= SPLIT_MULTIPLY_ADDS, outputs, cut, run)
+        out = parts[0] if len(parts) == 1 else np.concatenate([parts[k] for k in sorted(parts)], axis=1)
         return torch.from_numpy(out[: x.shape[0]])
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """``x``: ``(P, C)`` float64 integers within ``±ACT_LIMIT`` -> ``(P, O)`` float64 activations."""
-        out = self.accumulate(x).numpy()
+    def __call__(self, x: Tensor, helper: Executor | None = None) -> Tensor:
+        """``x``: ``(P, C)`` float64 integers within ``±ACT_LIMIT`` -> ``(P, O)`` float64 activations;
+        ``helper`` as in :meth:`accumulate`."""
+        out = self.accumulate(x, helper).numpy()
         _requantize_kernel(out.reshape(-1), 2.0**-self.bits, self.leaky, out.reshape(-1))  # in place
         return torch.from_numpy(out)
 
@@ -488,7 +519,12 @@ def _window_pmf_kernel(elements, lowest, width, weights, means, scales, cdf_tabl
 
 
 def integer_window_pmf(
-    spec: MixtureSpec, lowest: np.ndarray, width: int, mixture: IntegerMixture, elements: np.ndarray | None = None
+    spec: MixtureSpec,
+    lowest: np.ndarray,
+    width: int,
+    mixture: IntegerMixture,
+    elements: np.ndarray | None = None,
+    helper: Executor | None = None,
 ) -> np.ndarray:
     """Probabilities of the values ``lowest[i] + j`` (``j < width``) under the mixture of
     element ``elements[i]`` (default: element ``i``), in units of ``2**-PMF_BITS``.
@@ -501,14 +537,28 @@ def integer_window_pmf(
         :func:`~.distributions.bin_mass`: the bin of ``LATENT_MIN`` extends to -inf,
         that of ``LATENT_MAX`` to +inf, values outside the range get 0.
         Compiled with numba (one pass per element, about 10x faster than the same
-        arithmetic as torch tensor operations, and bit-identical to it: tests).
+        arithmetic as torch tensor operations, and bit-identical to it: tests).  ``helper``: a
+        thread that computes half of the elements of a large enough call (:func:`_in_halves`).
     """
     lowest = np.asarray(lowest, dtype=np.int64)
     elements = np.arange(len(lowest)) if elements is None else np.asarray(elements, dtype=np.int64)
     out = np.zeros((len(lowest), width))
-    _window_pmf_kernel(
-        elements, lowest, width, mixture.weights, mixture.means, mixture.scales, _cdf_tables(spec.families), out
-    )
+    cdf_tables = _cdf_tables(spec.families)
+
+    def run(lo: int, hi: int) -> None:
+        _window_pmf_kernel(
+            elements[lo:hi],
+            lowest[lo:hi],
+            width,
+            mixture.weights,
+            mixture.means,
+            mixture.scales,
+            cdf_tables,
+            out[lo:hi],
+        )
+
+    components = mixture.weights.shape[0] * mixture.weights.shape[1]
+    _in_halves(helper, len(lowest) * (width + 1) * components >= SPLIT_CDF_VALUES, len(lowest), len(lowest) // 2, run)
     return out
 
 
