@@ -145,3 +145,16 @@ def test_a_helper_thread_changes_no_bit_of_the_stream_or_the_latents(tiny_model,
     assert again == stream and np.array_equal(active_again, active)
     assert torch.equal(loaded.context.decompress(stream, hyper, active, threads=2), y_hat)
     assert {("_linear_kernel", True), ("_window_pmf_kernel", True), ("_linear_kernel", False)} <= ran_in
+
+    # ``helper_when``: the helper only at the steps it allows (the striped decoder's idle worker)
+    asked = []
+
+    def every_other_step() -> bool:
+        asked.append(len(asked) % 2 == 0)
+        return asked[-1]
+
+    assert torch.equal(loaded.context.decompress(stream, hyper, active, threads=2, helper_when=every_other_step), y_hat)
+    assert len(asked) == len(loaded.context.steps("wavefront", 8, 12)) and ("_linear_kernel", True) in ran_in
+    ran_in.clear()
+    assert torch.equal(loaded.context.decompress(stream, hyper, active, threads=2, helper_when=lambda: False), y_hat)
+    assert ran_in and not any(in_helper for _, in_helper in ran_in)

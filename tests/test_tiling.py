@@ -244,6 +244,36 @@ def test_a_synthesis_behind_the_entropy_decoding_makes_whole_stripes_only():
     assert synthesis.pushes == [([0.0], True), ([1.0], False), ([2.0, 3.0], False), ([4.0, 5.0], True)]
 
 
+def test_the_worker_is_idle_only_while_it_waits_for_rows():
+    """``idle()`` (when the entropy decoding may use its helper thread): true while the worker
+    waits on an empty queue, false while it synthesizes and while rows wait for it."""
+
+    class GatedSynthesis:
+        def __init__(self):
+            self.started, self.go = threading.Event(), threading.Event()
+
+        def push(self, rows, after_stripe=lambda: None, partial=True):
+            self.started.set()
+            assert self.go.wait(timeout=30)
+
+    def soon(condition) -> bool:
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return condition()
+
+    synthesis = GatedSynthesis()
+    with tiling.BackgroundSynthesis(synthesis, threads=1) as background:
+        assert soon(background.idle)  # nothing fed yet
+        background.feed(1, torch.zeros(2, 3, 2))
+        assert synthesis.started.wait(timeout=30)
+        assert not background.idle()  # in a push
+        background.feed(2, torch.zeros(2, 3, 2))
+        synthesis.go.set()
+        assert soon(background.idle)  # both pushes done
+    assert not background.idle()  # the worker has ended
+
+
 def test_size_limit_is_over_100_megapixels():
     bitstream.check_size(10_000, 10_000)
     bitstream.check_size(bitstream.MAX_SIDE, bitstream.MAX_PIXELS // bitstream.MAX_SIDE)

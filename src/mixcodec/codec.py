@@ -230,7 +230,9 @@ def decode_pixels(
     :func:`tiling.stripe_rows`) is synthesized in stripes, and, with two or more torch
     threads, beside the entropy decoding: a worker thread synthesizes the rows of ``ŷ``
     the decoder has finished (:class:`tiling.BackgroundSynthesis`: the entropy path gets
-    one thread, the worker the others).  An image of one stripe (every Kodak image) is
+    one thread, the worker the others; while the worker waits for rows, as in the first
+    third of the wavefront, the entropy path's helper thread takes half of its large
+    kernel calls).  An image of one stripe (every Kodak image) is
     entropy-decoded first, with the other thread computing half of each large kernel call
     (:meth:`~.context_coding.IntegerContextCodec.decompress` ``threads``), then synthesized.
     The pixels are :func:`reconstruct` of the decoded ``ŷ`` either way.
@@ -243,7 +245,15 @@ def decode_pixels(
         return header, reconstruct(loaded.net, y_hat, header.quality, header.height, header.width, rows)
     synthesis = tiling.Synthesis(loaded.net, header.quality, latent_size, header.height, header.width, rows)
     with tiling.BackgroundSynthesis(synthesis, threads=threads - 1, caller_threads=1) as background:
-        loaded.context.decompress(y_stream, hyper, header.active, header.schedule, on_rows=background.feed)
+        loaded.context.decompress(
+            y_stream,
+            hyper,
+            header.active,
+            header.schedule,
+            on_rows=background.feed,
+            threads=threads,
+            helper_when=background.idle,
+        )
         del hyper  # not needed by the stripes the worker has left
     return header, synthesis.image
 

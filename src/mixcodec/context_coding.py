@@ -324,12 +324,16 @@ class IntegerContextCodec:
         schedule: str = "wavefront",
         on_rows: RowsDone | None = None,
         threads: int = 1,
+        helper_when: Callable[[], bool] | None = None,
     ) -> Tensor:
         """Inverse of :meth:`compress`: ``ŷ`` ``(1, m, H, W)`` float32, the latent size that of ``hyper``;
         ``on_rows``: told as rows of ``ŷ`` become final (:meth:`_decode`); ``threads`` as in
-        :meth:`compress` (the latents do not depend on it)."""
+        :meth:`compress` (the latents do not depend on it); ``helper_when``: asked before each
+        step whether the helper thread may take its half now (default: always), e.g. only
+        while a worker that shares the cores waits (:meth:`.tiling.BackgroundSynthesis.idle`)."""
         with _helper(threads) as helper:
-            return self._decode(hyper, active, schedule, coding.new_decoder(stream), on_rows, helper).float()[None]
+            decoder = coding.new_decoder(stream)
+            return self._decode(hyper, active, schedule, decoder, on_rows, helper, helper_when).float()[None]
 
     def _encode(
         self, hyper: Tensor, y_int: Tensor, active: np.ndarray, schedule: str, encoder, helper: Executor | None
@@ -372,10 +376,12 @@ class IntegerContextCodec:
         decoder,
         on_rows: RowsDone | None = None,
         helper: Executor | None = None,
+        helper_when: Callable[[], bool] | None = None,
     ) -> Tensor:
         """Walk the schedule and read every active element of ``ŷ``: one batch per step (the
         positions of a step only depend on earlier steps), one coder call per window width.
-        ``on_rows`` is called (if given) each time more rows are final, last with all ``H``.
+        ``on_rows`` is called (if given) each time more rows are final, last with all ``H``;
+        ``helper`` computes half of a step's large kernel calls where ``helper_when()`` (if given) says so.
 
         Returns:
             The latents ``(m, H, W)`` (float32).
@@ -391,9 +397,10 @@ class IntegerContextCodec:
         done = 0
         with torch.no_grad():
             for step, (rows, cols) in enumerate(steps):
-                mixture = self.params(y_padded, hyper, rows, cols, active, helper)
+                now = helper if helper_when is None or helper_when() else None
+                mixture = self.params(y_padded, hyper, rows, cols, active, now)
                 values = np.zeros(len(rows) * len(active), dtype=np.int64)
-                for index, pmf, offsets in _pmf_groups(self.spec, mixture, helper):
+                for index, pmf, offsets in _pmf_groups(self.spec, mixture, now):
                     values[index] = coding.decode_symbols(decoder, pmf, offsets)
                 grid = torch.from_numpy(values).float().reshape(len(rows), len(active))
                 y_padded[

@@ -392,6 +392,7 @@ class BackgroundSynthesis:
         self.sent = 0  # rows of ŷ handed over
         self._queue: "queue.Queue[Tensor | None]" = queue.Queue()  # rows, then the end
         self._ready = threading.Event()
+        self._waiting = False  # the worker is blocked on an empty queue
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="mixcodec-synthesis", daemon=True)
 
@@ -399,7 +400,7 @@ class BackgroundSynthesis:
         torch.set_num_threads(self.threads)
         torch.get_num_threads()  # makes this thread's count its own before the caller sets the default again
         self._ready.set()
-        while (rows := self._queue.get()) is not None:
+        while (rows := self._next()) is not None:
             if self._error is None:
                 try:
                     self._follow_threads()
@@ -408,6 +409,21 @@ class BackgroundSynthesis:
                     self.synthesis.push(rows, self._follow_threads, partial=self._queue.empty())
                 except BaseException as exc:  # re-raised in the caller's thread by __exit__
                     self._error = exc
+
+    def _next(self) -> "Tensor | None":
+        """In the worker: the next rows from the queue (or the end), waiting for them if none are there."""
+        self._waiting = True
+        try:
+            return self._queue.get()
+        finally:
+            self._waiting = False
+
+    def idle(self) -> bool:
+        """Whether the worker waits for rows now (nothing queued, no stripe under way): then its
+        cores are free for the entropy decoding's helper thread (the ``helper_when`` of
+        :meth:`~.context_coding.IntegerContextCodec.decompress`).  A hint for scheduling only:
+        what is decoded does not depend on it."""
+        return self._waiting and self._queue.empty()
 
     def _follow_threads(self) -> None:
         """In the worker: take the thread count the caller wants now."""
