@@ -13,12 +13,17 @@ the wall-clock lines say what it costs: the entropy decoding alone
 (``codec.decode_latents``), the synthesis alone (``codec.reconstruct``), their sum (the
 sequential decoder) and ``decompress`` (without cProfile).
 ``--megapixels``: one mosaic of the folder's photos of that size
-(``benchmarks/large_images.py``) instead of the first ``--limit`` images.
+(``benchmarks/large_images.py``) instead of the first ``--limit`` images.  For an image
+over one stripe the ``decompress`` line also gives the timeline of the striped decoder:
+when the first rows of ``ŷ`` are final, when the entropy decoding ends, and the seconds
+the synthesis worker spent in its pushes before and after that (what the overlap hid and
+what was left).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import pstats
@@ -78,6 +83,35 @@ def cumulative(stats: pstats.Stats, targets) -> float:
     return total
 
 
+@contextlib.contextmanager
+def timeline(events: dict):
+    """Record the striped decoder's timeline into ``events`` (seconds from entry): ``first_rows``
+    and ``entropy_end`` (the first and last rows handed to the worker) and the worker's
+    pushes ``(start, end)``."""
+    from mixcodec import tiling
+
+    feed, push = tiling.BackgroundSynthesis.feed, tiling.Synthesis.push
+    start = time.perf_counter()
+    events.update(first_rows=None, entropy_end=None, pushes=[])
+
+    def timed_feed(self, done, latents):
+        now = time.perf_counter() - start
+        events["first_rows"] = events["first_rows"] if events["first_rows"] is not None else now
+        events["entropy_end"] = now
+        feed(self, done, latents)
+
+    def timed_push(self, *args, **kwargs):
+        begin = time.perf_counter() - start
+        push(self, *args, **kwargs)
+        events["pushes"].append((begin, time.perf_counter() - start))
+
+    tiling.BackgroundSynthesis.feed, tiling.Synthesis.push = timed_feed, timed_push
+    try:
+        yield events
+    finally:
+        tiling.BackgroundSynthesis.feed, tiling.Synthesis.push = feed, push
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path)
@@ -133,13 +167,15 @@ def main() -> None:
         report[kind] = {"total_s": wall / n, **{k: v / n for k, v in sums.items()}}
         report[kind]["other_s"] = report[kind]["total_s"] - sum(v / n for v in sums.values())
     alone = dict.fromkeys(("entropy decoding alone", "synthesis alone", "decompress"), 0.0)
+    events: dict = {}
     for data in files:
         t0 = time.perf_counter()
         header, net, y_hat = codec.decode_latents(data, model=info)
         t1 = time.perf_counter()
         codec.reconstruct(net, y_hat, header.quality, header.height, header.width)
         t2 = time.perf_counter()
-        codec.decompress(data, model=info)
+        with timeline(events):
+            codec.decompress(data, model=info)
         t3 = time.perf_counter()
         for key, seconds in zip(alone, (t1 - t0, t2 - t1, t3 - t2)):
             alone[key] += seconds / len(files)
@@ -160,6 +196,16 @@ def main() -> None:
         f"= {alone['decompress'] / alone['synthesis alone']:.2f}x the synthesis alone, "
         f"{alone['decompress'] / sequential:.2f}x the sum"
     )
+    if events["pushes"] and events["entropy_end"] is not None:  # the last image was decoded in stripes
+        end = events["entropy_end"]
+        before = sum(max(0.0, min(b, end) - a) for a, b in events["pushes"])
+        after = sum(max(0.0, b - max(a, end)) for a, b in events["pushes"])
+        print(
+            f"striped decode of the last image: first rows of ŷ final at {events['first_rows']:.1f} s, "
+            f"entropy decoding over at {end:.1f} s; synthesis worker busy {before:.1f} s before that, "
+            f"{after:.1f} s after it (its last push ended at {events['pushes'][-1][1]:.1f} s)"
+        )
+        events.update(worker_busy_before_s=before, worker_busy_after_s=after)
     args.output.write_text(
         json.dumps(
             {
@@ -169,6 +215,7 @@ def main() -> None:
                 "images": [str(p) for p in images],
                 "breakdown": report,
                 "decode_wall_s": alone,
+                "striped_decode_timeline_s": {k: v for k, v in events.items() if k != "pushes"},
             },
             indent=1,
         )
