@@ -96,7 +96,8 @@ def timeline(events: dict):
 
     def timed_feed(self, done, latents):
         now = time.perf_counter() - start
-        events["first_rows"] = events["first_rows"] if events["first_rows"] is not None else now
+        if events["first_rows"] is None:
+            events["first_rows"] = now
         events["entropy_end"] = now
         feed(self, done, latents)
 
