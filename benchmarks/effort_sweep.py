@@ -12,7 +12,9 @@ and read back on the next run, so an interrupted sweep resumes and a finished on
 prints its table (codec names ``gllmm`` and ``gllmm:eE``, as ``mixcodec eval`` writes them:
 its ``--reuse`` takes these rows).  BD-rate is computed from the per-quality means over the
 images; ``s/iter`` is the extra encode time over effort 0 per refinement iteration.
-``--crop WxH`` codes the top-left crop of each image (written to a temporary folder).  Prints a
+``--crop WxH`` codes the top-left crop of each image (written to a temporary folder).
+``--anchors ROWS`` (e.g. ``docs/results/kodak/rows.csv`` of ``mixcodec eval``) adds the BD-rate
+of every effort level against each other codec in that file, on the same images.  Prints a
 table and writes JSON with the machine and versions.
 """
 
@@ -66,6 +68,9 @@ def main() -> None:
     parser.add_argument("--model", default="gllmm", help="installed model name (NAME@VERSION) or weight file")
     parser.add_argument(
         "--rows", type=Path, default=Path("effort-sweep.csv"), help="CSV of per-file rows (read back, extended)"
+    )
+    parser.add_argument(
+        "--anchors", type=Path, help="rows CSV of other codecs (mixcodec eval): BD-rate against each of them too"
     )
     parser.add_argument("-o", "--output", type=Path, default=Path("effort-sweep.json"))
     args = parser.parse_args()
@@ -135,6 +140,24 @@ def main() -> None:
                 "psnr": [p["psnr"] for p in points],
             }
         )
+    versus: dict[str, dict[str, dict[str, float]]] = {}
+    if args.anchors:
+        others = [r for r in ev.read_rows(args.anchors) if r.image in names and r.codec not in curves]
+        for name, ref in ev.mean_curve(others).items():
+            if {p["images"] for p in ref} != {len(names)}:
+                continue  # a codec not measured on every image of the sweep
+            versus[name] = {
+                t["codec"]: {
+                    metric: ev.bd_rate(
+                        [p["bpp"] for p in ref],
+                        [p[metric] for p in ref],
+                        [p["bpp"] for p in curves[t["codec"]]],
+                        [p[metric] for p in curves[t["codec"]]],
+                    )
+                    for metric in ("psnr", "ms_ssim_db")
+                }
+                for t in table
+            }
     environment = ev.environment()
     print(
         f"{len(images)} images ({args.images}{', crop ' + args.crop if args.crop else ''}), "
@@ -151,6 +174,12 @@ def main() -> None:
             f"{t['codec']:<8}{t['iterations']:>6}{t['files']:>7}{t['bd_rate_psnr']:>11.2f}"
             f"{t['bd_rate_ms_ssim_db']:>14.2f}{t['encode_s']:>11.1f}{per_iteration:>8}   {per_quality}"
         )
+    if versus:
+        print(f"BD-rate (PSNR / MS-SSIM dB, %) against the codecs of {args.anchors}, the same images:")
+        print(f"{'anchor':<14}" + "".join(f"{t['codec']:>20}" for t in table))
+        for name, row in versus.items():
+            cells = "".join(f"{row[t['codec']]['psnr']:>+10.1f} /{row[t['codec']]['ms_ssim_db']:>+7.1f} " for t in table)
+            print(f"{name:<14}{cells}")
     args.output.write_text(
         json.dumps(
             {
@@ -161,6 +190,7 @@ def main() -> None:
                 "qualities": qualities,
                 "table": table,
                 "curves": curves,
+                "bd_rate_vs_anchors": versus,
             },
             indent=1,
         )
