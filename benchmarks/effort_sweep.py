@@ -178,7 +178,9 @@ def main() -> None:
         print(f"BD-rate (PSNR / MS-SSIM dB, %) against the codecs of {args.anchors}, the same images:")
         print(f"{'anchor':<14}" + "".join(f"{t['codec']:>20}" for t in table))
         for name, row in versus.items():
-            cells = "".join(f"{row[t['codec']]['psnr']:>+10.1f} /{row[t['codec']]['ms_ssim_db']:>+7.1f} " for t in table)
+            cells = "".join(
+                f"{row[t['codec']]['psnr']:>+10.1f} /{row[t['codec']]['ms_ssim_db']:>+7.1f} " for t in table
+            )
             print(f"{name:<14}{cells}")
     args.output.write_text(
         json.dumps(
