@@ -143,21 +143,13 @@ def main() -> None:
     versus: dict[str, dict[str, dict[str, float]]] = {}
     if args.anchors:
         others = [r for r in ev.read_rows(args.anchors) if r.image in names and r.codec not in curves]
-        for name, ref in ev.mean_curve(others).items():
-            if {p["images"] for p in ref} != {len(names)}:
-                continue  # a codec not measured on every image of the sweep
-            versus[name] = {
-                t["codec"]: {
-                    metric: ev.bd_rate(
-                        [p["bpp"] for p in ref],
-                        [p[metric] for p in ref],
-                        [p["bpp"] for p in curves[t["codec"]]],
-                        [p[metric] for p in curves[t["codec"]]],
-                    )
-                    for metric in ("psnr", "ms_ssim_db")
-                }
-                for t in table
-            }
+        anchors = {
+            name: ref
+            for name, ref in ev.mean_curve(others).items()
+            if {p["images"] for p in ref} == {len(names)}  # codecs measured on every image of the sweep
+        }
+        pairs = ev.bd_table({**curves, **anchors})
+        versus = {name: {t["codec"]: pairs[t["codec"]][name] for t in table} for name in anchors}
     environment = ev.environment()
     print(
         f"{len(images)} images ({args.images}{', crop ' + args.crop if args.crop else ''}), "
