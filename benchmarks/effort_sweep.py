@@ -13,6 +13,8 @@ prints its table (codec names ``gllmm`` and ``gllmm:eE``, as ``mixcodec eval`` w
 its ``--reuse`` takes these rows).  BD-rate is computed from the per-quality means over the
 images; ``s/iter`` is the extra encode time over effort 0 per refinement iteration.
 ``--crop WxH`` codes the top-left crop of each image (written to a temporary folder).
+``--fp32`` refines in float32 on a CPU where bf16 is fast (AMX), where it would otherwise run
+the relaxed steps in bf16 (the JSON's ``refine_bf16`` says which).
 ``--anchors ROWS`` (e.g. ``docs/results/kodak/rows.csv`` of ``mixcodec eval``) adds the BD-rate
 of every effort level against each other codec in that file, on the same images.  Prints a
 table and writes JSON with the machine and versions.
@@ -72,13 +74,21 @@ def main() -> None:
     parser.add_argument(
         "--anchors", type=Path, help="rows CSV of other codecs (mixcodec eval): BD-rate against each of them too"
     )
+    parser.add_argument(
+        "--fp32",
+        action="store_true",
+        help="refine in float32 even where bf16 is fast (mixcodec.refine.bf16_is_fast), to compare the two",
+    )
     parser.add_argument("-o", "--output", type=Path, default=Path("effort-sweep.json"))
     args = parser.parse_args()
 
     from mixcodec import eval as ev
+    from mixcodec import refine
     from mixcodec.models.registry import find_model, installed_models, read_infos
     from mixcodec.refine import EFFORT_ITERATIONS
 
+    if args.fp32:
+        refine.bf16_is_fast = lambda: False  # this process only: codec.compress asks it per image
     chosen = find_model(args.model)
     family = (
         read_infos(chosen.path)
@@ -150,7 +160,7 @@ def main() -> None:
         }
         pairs = ev.bd_table({**curves, **anchors})
         versus = {name: {t["codec"]: pairs[t["codec"]][name] for t in table} for name in anchors}
-    environment = ev.environment()
+    environment = {**ev.environment(), "refine_bf16": refine.bf16_is_fast()}
     print(
         f"{len(images)} images ({args.images}{', crop ' + args.crop if args.crop else ''}), "
         f"{args.model} qualities {args.qualities}; {environment}"

@@ -74,7 +74,9 @@ def _decode_pixels_shifted(monkeypatch, pick) -> None:
         values = conformance.reference_values(data)
         index = np.argwhere(pick(values) & (values > 1) & (values < 254))[0]
         pixels = pixels.copy()
-        pixels[tuple(index)] = np.round(values[tuple(index)]) + (-1 if values[tuple(index)] % 1 >= 0.5 else 1)  # across the boundary
+        pixels[tuple(index)] = np.round(values[tuple(index)]) + (
+            -1 if values[tuple(index)] % 1 >= 0.5 else 1
+        )  # across the boundary
         return header, pixels
 
     monkeypatch.setattr(codec, "decode_pixels", shifted)
@@ -84,7 +86,9 @@ def test_pixels_of_another_machine_conform_when_they_round_the_float64_reference
     entry = _entry_on_another_machine("tiny-crm-gllmm-rgb-37x53-q1.5")
     assert conformance.check_entry(entry) == []
     tampered = {**entry, "reference_sha256": "0" * 64}
-    assert conformance.check_entry(tampered) == [f"{entry['id']}: decodes to other pixels, and its float64 reference changed too"]
+    assert conformance.check_entry(tampered) == [
+        f"{entry['id']}: decodes to other pixels, and its float64 reference changed too"
+    ]
 
 
 def test_pixels_of_another_machine_may_differ_by_one_level_only_at_a_rounding_boundary(monkeypatch):

@@ -125,7 +125,7 @@ def test_a_refined_file_codes_the_refined_latents_and_decodes_as_any_file(instal
         installed_tiny.quality,
         installed_tiny.lmbda,
         installed_tiny.metric,
-        refine.Annealing(FAST_LEVELS[2]),
+        refine.Annealing(FAST_LEVELS[2], bf16=refine.bf16_is_fast()),  # as compress refines here
         array.shape[:2],
     )
     assert expected.loss < expected.initial_loss
@@ -251,3 +251,35 @@ def test_effort_refuses_images_too_large_to_refine(installed_tiny, monkeypatch):
     with pytest.raises(InputError, match="use effort 0"):
         codec.compress(smooth_image(32, 40), model="tiny", effort=1)
     assert codec.compress(smooth_image(32, 40), model="tiny", effort=0)
+
+
+def _synthesis_dtypes(model, annealing: refine.Annealing, array: np.ndarray) -> set[torch.dtype]:
+    """The dtypes of the synthesis outputs seen during one refinement."""
+    seen = set()
+    hook = model.g_s.register_forward_hook(lambda module, args, output: seen.add(output.dtype))
+    try:
+        refine.refine(model, _padded(array), 1.0, 0.01, "mse", annealing, array.shape[:2])
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_bf16_runs_the_relaxed_steps_in_bf16_and_the_checks_in_float32(tiny_model):
+    model = load_model(tiny_model())
+    array = smooth_image(64, 64, seed=13)
+    assert _synthesis_dtypes(model, refine.Annealing(3, lr=0.02), array) == {torch.float32}
+    assert _synthesis_dtypes(model, refine.Annealing(3, lr=0.02, bf16=True), array) == {torch.bfloat16, torch.float32}
+    objective = _objective(tiny_model(), array)
+    result = refine.refine(
+        objective.model, objective.x, 1.0, objective.lmbda, "mse", refine.Annealing(12, lr=0.02, bf16=True), (64, 64)
+    )
+    assert result.loss == objective.hard(result.y_hat, result.z_hat) <= result.initial_loss
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_compress_refines_in_bf16_where_the_cpu_makes_it_fast(installed_tiny, fast_levels, monkeypatch, fast):
+    monkeypatch.setattr(refine, "bf16_is_fast", lambda: fast)
+    seen, real = [], refine.refine
+    monkeypatch.setattr(refine, "refine", lambda *a, **k: seen.append(a[5].bf16) or real(*a, **k))
+    codec.compress(smooth_image(40, 50, seed=14), model="tiny", effort=1)
+    assert seen == [fast]

@@ -162,7 +162,7 @@ def compress(
     loaded = load(info)
     if iterations:  # the refinement works on the whole image (not in stripes)
         x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous().float() / 255
-        annealing = refine.Annealing(iterations)
+        annealing = refine.Annealing(iterations, bf16=refine.bf16_is_fast())
         refined = refine.refine(
             loaded.net, _pad(x), info.quality, info.lmbda, info.metric, annealing, array.shape[:2], progress
         )
