@@ -257,7 +257,6 @@ def add_current(manifest: dict) -> None:
                 "sha256": sha256(data),
                 "pixels_sha256": pixels,
                 "latents_sha256": latents,
-                "reference_sha256": reference_hash(reference_values(data)),
             }
         )
         print(f"added {ident} ({len(data)} B)")
@@ -309,7 +308,6 @@ def add_release(manifest: dict, source: Path, commit: str) -> None:
                     "sha256": sha256(data),
                     "pixels_sha256": pixels,
                     "latents_sha256": latents,
-                    "reference_sha256": reference_hash(reference_values(data)),
                 }
             )
             print(f"added {ident} ({len(data)} B), decoded as release {commit} did")
@@ -350,8 +348,8 @@ def check_entry(entry: dict) -> list[str]:
 
 
 def add_references(manifest: dict) -> None:
-    """Record the float64 reference of entries made before it was recorded (an addition: the
-    file, its latents and its pixels stay as they are)."""
+    """Record the float64 reference of every entry that lacks it: new ones, and those made before
+    it was recorded (an addition: the file, its latents and its pixels stay as they are)."""
     for entry in manifest["entries"]:
         if "reference_sha256" not in entry:
             entry["reference_sha256"] = reference_hash(reference_values((HERE / entry["file"]).read_bytes()))
