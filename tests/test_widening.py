@@ -1,4 +1,4 @@
-"""Widening the synthesis transform keeps what it computes and lets the new channels learn."""
+"""Widening the synthesis or analysis transform keeps what it computes and lets the new channels learn."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
-from mixcodec.models.widening import new_channel_energy, widen_synthesis
+from mixcodec.models.widening import new_channel_energy, widen
 from mixcodec.train import load_matching
 
 
@@ -65,16 +65,55 @@ def test_new_channels_of_the_widened_synthesis_wake_up():
     assert min(new_channel_energy(wide.g_s, y_hat, 8)) > 0
 
 
-def test_widening_refuses_what_it_cannot_embed():
+@pytest.mark.parametrize("backbone", ["crm", "residual"])
+def test_the_widened_analysis_gives_the_same_latent(backbone):
+    config = ModelConfig(backbone=backbone, n=8, m=8, hidden=(16, 24), qualities=2)
+    narrow = trained_like(config, seed=3)
+    wide = ContextMixtureModel(dataclasses.replace(config, n_a=12, n_s=12))  # both at once
+    assert load_matching(wide, narrow.state_dict()) == []
+    assert wide.g_a[0].skip.weight.shape[0] == 12 and wide.g_a[-2].weight.shape[1] == 12
+    x = torch.rand(2, 3, 64, 128)
+    with torch.no_grad():
+        for q in (1, 2):
+            torch.testing.assert_close(wide.analyse(x, q), narrow.analyse(x, q), rtol=1e-5, atol=1e-5)
+            out, ref = wide(x, q, noise=False), narrow(x, q, noise=False)
+            torch.testing.assert_close(out["x_hat"], ref["x_hat"], rtol=1e-5, atol=1e-5)
+    assert new_channel_energy(wide.g_a, x, 8) == [0.0] * 7  # stages 1-7 are 12 wide
+
+
+def test_new_channels_of_the_widened_analysis_wake_up():
+    config = ModelConfig(n=8, m=8, hidden=(16, 24), qualities=1)
+    narrow = trained_like(config, seed=2)
+    wide = ContextMixtureModel(dataclasses.replace(config, n_a=12))
+    load_matching(wide, narrow.state_dict())
+    zeros = {name: p.detach() == 0 for name, p in wide.g_a.named_parameters()}
+    assert sum(int(z.sum()) for z in zeros.values()) > 1000
+    torch.manual_seed(5)
+    x = torch.rand(4, 3, 64, 64)
+    target = torch.randn_like(wide.analyse(x, 1))
+    optimizer = torch.optim.Adam(wide.g_a.parameters(), lr=1e-3)
+    for _ in range(4):
+        optimizer.zero_grad()
+        (wide.analyse(x, 1) - target).square().mean().backward()
+        optimizer.step()
+    for name, p in wide.g_a.named_parameters():
+        if zeros[name].any():
+            assert (p.detach()[zeros[name]] != 0).any(), name
+    assert min(new_channel_energy(wide.g_a, x, 8)) > 0
+
+
+@pytest.mark.parametrize("key, prefix", [("n_s", "g_s."), ("n_a", "g_a.")])
+def test_widening_refuses_what_it_cannot_embed(key, prefix):
     config = ModelConfig(n=8, m=8, hidden=(16, 24))
-    wide = ContextMixtureModel(dataclasses.replace(config, n_s=12)).state_dict()
+    wide = ContextMixtureModel(dataclasses.replace(config, **{key: 12})).state_dict()
     narrow = ContextMixtureModel(config)
     with pytest.raises(ValueError, match="cannot narrow"):
-        widen_synthesis(narrow.g_s, wide)
+        widen(getattr(narrow, prefix[:-1]), wide, prefix)
 
 
-def test_the_config_json_of_models_without_a_wider_synthesis_is_unchanged():
+@pytest.mark.parametrize("key", ["n_s", "n_a"])
+def test_the_config_json_of_models_without_wider_transforms_is_unchanged(key):
     config = ModelConfig(n=64, m=128, hidden=(320, 640), qualities=8)
-    assert "n_s" not in config.to_json() and config.n_s == 64
-    wide = dataclasses.replace(config, n_s=96)
-    assert ModelConfig.from_json(wide.to_json()) == wide and '"n_s": 96' in wide.to_json()
+    assert key not in config.to_json() and getattr(config, key) == 64
+    wide = dataclasses.replace(config, **{key: 96})
+    assert ModelConfig.from_json(wide.to_json()) == wide and f'"{key}": 96' in wide.to_json()

@@ -37,7 +37,7 @@ from .errors import ConfigError, InputError
 from .losses import METRICS, rate_distortion_loss
 from .models.context_model import ARCHITECTURES, ContextMixtureModel, ModelConfig, rows_at
 from .models.transforms import BACKBONES
-from .models.widening import widen_synthesis
+from .models.widening import widen
 
 
 @dataclass
@@ -48,6 +48,7 @@ class TrainConfig:
     n: int = 128
     m: int = 0  # channels of the latent y; 0: n
     n_s: int = 0  # channels inside the synthesis transform; 0: n
+    n_a: int = 0  # channels inside the analysis transform; 0: n
     backbone: str = ""  # empty: the architecture's own transforms ("residual" or "crm")
     family: str = ""  # empty: the architecture's own family
     hidden: list[int] = dataclasses.field(default_factory=list)  # empty: the architecture's widths, scaled by n
@@ -107,6 +108,7 @@ class TrainConfig:
             n=self.n,
             m=self.m or self.n,
             n_s=self.n_s or self.n,
+            n_a=self.n_a or self.n,
             backbone=self.backbone or base.backbone,
             family=self.family or base.family,
             qualities=len(self.lmbdas),
@@ -292,13 +294,16 @@ def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor]) 
     small ones too, they round to zero, no gradient reaches the synthesis weights that
     read them, and their rate keeps them there (``TrainConfig.new_channels_from``).
 
-    A narrower synthesis transform (smaller ``n_s``, same ``m``) is embedded by its own
-    rule, :func:`~.models.widening.widen_synthesis`: the widened ``g_s`` reconstructs the
-    same image.
+    A narrower synthesis or analysis transform (smaller ``n_s`` or ``n_a``, same ``m``) is
+    embedded by its own rule, :func:`~.models.widening.widen`: the widened ``g_s``
+    reconstructs the same image, the widened ``g_a`` gives the same latent.
     """
-    last_synthesis = f"g_s.{len(model.g_s) - 1}.0.weight"
+    last_synthesis = f"g_s.{len(model.g_s) - 1}.0.weight"  # (3·4, n_s, 3, 3)
     if last_synthesis in weights and weights[last_synthesis].shape[1] < model.config.n_s:
-        weights = {**weights, **widen_synthesis(model.g_s, weights)}
+        weights = {**weights, **widen(model.g_s, weights, "g_s.")}
+    first_analysis = "g_a.0.skip.weight"  # (n_a, 3, 1, 1)
+    if first_analysis in weights and weights[first_analysis].shape[0] < model.config.n_a:
+        weights = {**weights, **widen(model.g_a, weights, "g_a.")}
     own = model.state_dict()
     widening = "gains.log_gain" in weights and weights["gains.log_gain"].shape[-1] < model.config.m
     groups = model.latent_groups()

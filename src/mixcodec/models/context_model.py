@@ -56,6 +56,8 @@ class ModelConfig:
             can be wider than the encoder side: the synthesis caps the high qualities
             (docs/training.md), and a trained model is widened without losing what it
             learned (:mod:`.widening`).
+        n_a: channels inside the analysis transform ``g_a`` (``None``: ``n``); only the
+            encoder runs it, so a wider one costs encode time alone.
     """
 
     backbone: str = "crm"
@@ -65,23 +67,27 @@ class ModelConfig:
     qualities: int = 1
     m: int | None = None
     n_s: int | None = None
+    n_a: int | None = None
 
     def __post_init__(self) -> None:
         if self.m is None:
             object.__setattr__(self, "m", self.n)
         if self.n_s is None:
             object.__setattr__(self, "n_s", self.n)
+        if self.n_a is None:
+            object.__setattr__(self, "n_a", self.n)
         if self.backbone not in BACKBONES or self.family not in ENTROPY_FAMILIES:
             raise ConfigError(f"unknown backbone {self.backbone!r} or entropy family {self.family!r}")
-        if min(self.n, self.m, self.qualities, *self.hidden) < 1:
+        if min(self.n, self.m, self.n_s, self.n_a, self.qualities, *self.hidden) < 1:
             raise ConfigError(f"model sizes must be positive: {self}")
 
     def to_json(self) -> str:
-        """Canonical JSON; ``n_s`` only where it differs from ``n`` (the JSON of the models
-        written before ``n_s`` existed is unchanged)."""
+        """Canonical JSON; ``n_s`` and ``n_a`` only where they differ from ``n`` (the JSON of
+        the models written before they existed is unchanged)."""
         data = asdict(self)
-        if data["n_s"] == data["n"]:
-            del data["n_s"]
+        for key in ("n_s", "n_a"):
+            if data[key] == data["n"]:
+                del data[key]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -182,7 +188,7 @@ class ContextMixtureModel(nn.Module):
         self.config = config
         self.spec: MixtureSpec = ENTROPY_FAMILIES[config.family]
         n, m = config.n, config.m
-        self.g_a = analysis(config.backbone, n, m)
+        self.g_a = analysis(config.backbone, config.n_a, m)
         self.g_s = synthesis(config.backbone, config.n_s, m)
         self.h_a = hyper_analysis(n, m)
         self.h_s = hyper_synthesis(n, m)

@@ -1,12 +1,13 @@
-"""Function-preserving widening of the synthesis transform ``g_s`` (``ModelConfig.n_s``).
+"""Function-preserving widening of a transform: the synthesis ``g_s`` (``ModelConfig.n_s``)
+or the analysis ``g_a`` (``ModelConfig.n_a``).
 
-A trained ``g_s`` of width ``n`` is embedded in a fresh one of width ``n' > n``: old
+A trained transform of width ``n`` is embedded in a fresh one of width ``n' > n``: old
 channels keep indices ``0 .. n-1`` everywhere (for a sub-pixel convolution, whose output
 channel ``c`` is made of rows ``4c .. 4c+3``, that is rows ``0 .. 4n-1``), and every
 tensor's old block is copied.  The new entries follow one rule per kind of channel:
 
 * **stream** channels, the ones that run through a whole stage (the residual and
-  attention shortcuts, the outputs of GDN/IGDN and of the sub-pixel skips): a new one
+  attention shortcuts, the outputs of GDN/IGDN and of the strided or sub-pixel skips): a new one
   is written with zero weights and bias, so it is exactly 0 in the widened model, and
   read with fresh (full-size) weights.  The writes get a gradient at once through the
   reads; the reads start learning as soon as the channel is non-zero.  One mapping
@@ -16,7 +17,8 @@ tensor's old block is copied.  The new entries follow one rule per kind of chann
   it gets no gradient) and read with zero weights, so it does not reach the output
   until the reads learn.
 
-No new channel is zero on both sides, and the widened ``g_s`` computes what the narrow
+The input (image or latent) and output (latent or image) widths stay as they are.
+No new channel is zero on both sides, and the widened transform computes what the narrow
 one did (up to the order of floating-point sums).  GDN/IGDN keep their fresh ``β`` and
 ``γ`` for the new rows and columns: the fresh off-diagonal ``γ`` is exactly 0, so
 ``γ[old, new] = 0`` and new channels do not change the normalization of old ones.
@@ -27,42 +29,44 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..layers import GDN, AttentionUnit, ResidualBlock, ResidualBlockUpsample
+from ..layers import GDN, AttentionUnit, ResidualBlock, ResidualBlockUpsample, ResidualBlockWithStride
 
 #: The convolutions of each block whose new output channels ("out") or new input channels
-#: ("in") are internal to the block; every other channel of ``g_s`` is a stream channel.
+#: ("in") are internal to the block; every other channel of a transform is a stream channel.
 INTERNAL_CHANNELS: dict[type, dict[str, tuple[str, ...]]] = {
     ResidualBlock: {"body.0": ("out",), "body.2": ("in",)},
+    ResidualBlockWithStride: {"body.0": ("out",), "body.2": ("in",)},
     ResidualBlockUpsample: {"body.0.0": ("out",), "body.2": ("in",)},
     AttentionUnit: {"body.0": ("out",), "body.2": ("out", "in"), "body.4": ("in",)},
 }
 
 
-def _internal_roles(g_s: nn.Module) -> dict[str, tuple[str, ...]]:
+def _internal_roles(transform: nn.Module) -> dict[str, tuple[str, ...]]:
     roles = {}
-    for name, module in g_s.named_modules():
+    for name, module in transform.named_modules():
         for child, kinds in INTERNAL_CHANNELS.get(type(module), {}).items():
             roles[f"{name}.{child}" if name else child] = kinds
     return roles
 
 
-def widen_synthesis(g_s: nn.Sequential, narrow: dict[str, Tensor], prefix: str = "g_s.") -> dict[str, Tensor]:
-    """The state of the (wider, freshly initialized) ``g_s`` with ``narrow`` embedded.
+def widen(transform: nn.Sequential, narrow: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The state of the (wider, freshly initialized) ``transform`` with ``narrow`` embedded.
 
     Args:
-        g_s: the wide synthesis transform; its current values are the fresh initialization
-            that the new entries keep where the rules above do not set them to zero.
-        narrow: a state dict holding a narrower ``g_s`` under ``prefix`` (other keys are ignored).
+        transform: the wide transform (``g_s`` or ``g_a``); its current values are the fresh
+            initialization that the new entries keep where the rules above do not set them to zero.
+        narrow: a state dict holding the narrower transform under ``prefix`` (``"g_s."``,
+            ``"g_a."``; other keys are ignored).
     Returns:
-        ``{prefix + name: tensor}`` for every tensor of ``g_s``.
+        ``{prefix + name: tensor}`` for every tensor of ``transform``.
     Raises:
-        ValueError: a tensor of ``narrow`` is larger than its counterpart in ``g_s``, or a
-            module of ``g_s`` is of a kind this function cannot widen.
+        ValueError: a tensor of ``narrow`` is larger than its counterpart in ``transform``, or
+            a module of ``transform`` is of a kind this function cannot widen.
     """
-    roles = _internal_roles(g_s)
-    fresh = g_s.state_dict()
+    roles = _internal_roles(transform)
+    fresh = transform.state_dict()
     widened = {}
-    for name, module in g_s.named_modules():
+    for name, module in transform.named_modules():
         if isinstance(module, nn.Conv2d):
             kinds = roles.get(name, ())
             weight, bias = fresh[f"{name}.weight"].clone(), fresh[f"{name}.bias"].clone()
@@ -90,16 +94,17 @@ def widen_synthesis(g_s: nn.Sequential, narrow: dict[str, Tensor], prefix: str =
 
 
 @torch.no_grad()
-def new_channel_energy(g_s: nn.Sequential, y_hat: Tensor, narrow: int) -> list[float]:
+def new_channel_energy(transform: nn.Sequential, x: Tensor, narrow: int) -> list[float]:
     """Fraction of the energy (sum of squares) in channels ``narrow ..`` of the output of
-    every top-level stage of ``g_s`` that has more than ``narrow`` channels: 0 right after
-    widening, and it rises as the new channels wake up.
+    every top-level stage of ``transform`` that has more than ``narrow`` channels: 0 right
+    after widening, and it rises as the new channels wake up.
 
     Args:
-        y_hat: the synthesis input ``(B, m, h, w)`` (quantized latent times the inverse gain).
+        x: the transform's input: for ``g_s`` the latent ``(B, m, h, w)`` (quantized, times
+            the inverse gain), for ``g_a`` the image ``(B, 3, H, W)`` in [0, 1].
     """
-    fractions, x = [], y_hat
-    for stage in g_s:
+    fractions = []
+    for stage in transform:
         x = stage(x)
         if x.dim() == 4 and x.shape[1] > narrow:
             energy = x.double().square().sum(dim=(0, 2, 3))
