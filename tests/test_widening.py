@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
+from conftest import smooth_image
+from mixcodec import codec
 from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
+from mixcodec.models.registry import export, load_model
 from mixcodec.models.widening import new_channel_energy, widen
 from mixcodec.train import load_matching
 
@@ -117,3 +121,23 @@ def test_the_config_json_of_models_without_wider_transforms_is_unchanged(key):
     assert key not in config.to_json() and getattr(config, key) == 64
     wide = dataclasses.replace(config, **{key: 96})
     assert ModelConfig.from_json(wide.to_json()) == wide and f'"{key}": 96' in wide.to_json()
+
+
+def test_a_model_with_wider_transforms_is_exported_and_codes_real_files(tmp_path):
+    """The widths travel in the weight file, and the widened model's files carry the
+    latents the narrow model's do and decode to the same image."""
+    config = ModelConfig(n=8, m=8, hidden=(16, 24))
+    narrow = trained_like(config, seed=6)
+    wide = ContextMixtureModel(dataclasses.replace(config, n_s=12, n_a=12))
+    load_matching(wide, narrow.state_dict())
+    infos = {
+        key: export(model.state_dict(), model.config, tmp_path / f"{key}.safetensors", name=key, lmbdas=[0.01])[0]
+        for key, model in (("narrow", narrow), ("wide", wide))
+    }
+    assert load_model(infos["wide"]).config == wide.config
+    image = smooth_image(64, 96, seed=7)
+    files = {key: codec.compress(image, model=info) for key, info in infos.items()}
+    latents = {key: codec.decode_latents(files[key], model=info)[2] for key, info in infos.items()}
+    np.testing.assert_array_equal(latents["wide"].numpy(), latents["narrow"].numpy())
+    decoded = {key: np.asarray(codec.decompress(files[key], model=info), dtype=int) for key, info in infos.items()}
+    assert np.abs(decoded["wide"] - decoded["narrow"]).max() <= 1
