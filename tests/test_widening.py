@@ -41,7 +41,7 @@ def test_the_widened_synthesis_reconstructs_the_same_image(backbone):
             torch.testing.assert_close(wide.synthesize(y_hat, q), narrow.synthesize(y_hat, q), rtol=1e-5, atol=1e-5)
         # the rest of the model is copied as it is
         torch.testing.assert_close(wide(x, 2, noise=False)["y"], narrow(x, 2, noise=False)["y"])
-    assert new_channel_energy(wide.g_s, narrow.analyse(x, 2).round(), 8) == [0.0] * 7  # stages 2-8 are 12 wide
+    assert new_channel_energy(wide.g_s, narrow.analyse(x, 2).round(), 8, 12) == [0.0] * 7  # stages 2-8 are 12 wide
 
 
 def test_new_channels_of_the_widened_synthesis_wake_up():
@@ -66,7 +66,7 @@ def test_new_channels_of_the_widened_synthesis_wake_up():
     for name, p in wide.g_s.named_parameters():
         if zeros[name].any():
             assert (p.detach()[zeros[name]] != 0).any(), name
-    assert min(new_channel_energy(wide.g_s, y_hat, 8)) > 0
+    assert min(new_channel_energy(wide.g_s, y_hat, 8, 12)) > 0
 
 
 @pytest.mark.parametrize("backbone", ["crm", "residual"])
@@ -82,7 +82,7 @@ def test_the_widened_analysis_gives_the_same_latent(backbone):
             torch.testing.assert_close(wide.analyse(x, q), narrow.analyse(x, q), rtol=1e-5, atol=1e-5)
             out, ref = wide(x, q, noise=False), narrow(x, q, noise=False)
             torch.testing.assert_close(out["x_hat"], ref["x_hat"], rtol=1e-5, atol=1e-5)
-    assert new_channel_energy(wide.g_a, x, 8) == [0.0] * 7  # stages 1-7 are 12 wide
+    assert new_channel_energy(wide.g_a, x, 8, 12) == [0.0] * 7  # stages 1-7 are 12 wide
 
 
 def test_new_channels_of_the_widened_analysis_wake_up():
@@ -103,7 +103,7 @@ def test_new_channels_of_the_widened_analysis_wake_up():
     for name, p in wide.g_a.named_parameters():
         if zeros[name].any():
             assert (p.detach()[zeros[name]] != 0).any(), name
-    assert min(new_channel_energy(wide.g_a, x, 8)) > 0
+    assert min(new_channel_energy(wide.g_a, x, 8, 12)) > 0
 
 
 @pytest.mark.parametrize("key, prefix", [("n_s", "g_s."), ("n_a", "g_a.")])

@@ -94,19 +94,21 @@ def widen(transform: nn.Sequential, narrow: dict[str, Tensor], prefix: str) -> d
 
 
 @torch.no_grad()
-def new_channel_energy(transform: nn.Sequential, x: Tensor, narrow: int) -> list[float]:
-    """Fraction of the energy (sum of squares) in channels ``narrow ..`` of the output of
-    every top-level stage of ``transform`` that has more than ``narrow`` channels: 0 right
-    after widening, and it rises as the new channels wake up.
+def new_channel_energy(transform: nn.Sequential, x: Tensor, narrow: int, wide: int) -> list[float]:
+    """Fraction of the energy (sum of squares) in channels ``narrow .. wide-1`` of the output
+    of every top-level stage of ``transform`` that is ``wide`` channels wide (the stages that
+    output the latent or the image are left out): 0 right after widening, and it rises as the
+    new channels wake up.
 
     Args:
         x: the transform's input: for ``g_s`` the latent ``(B, m, h, w)`` (quantized, times
             the inverse gain), for ``g_a`` the image ``(B, 3, H, W)`` in [0, 1].
+        narrow, wide: the widths before and after widening (``n`` and ``n_s`` or ``n_a``).
     """
     fractions = []
     for stage in transform:
         x = stage(x)
-        if x.dim() == 4 and x.shape[1] > narrow:
+        if x.dim() == 4 and x.shape[1] == wide:
             energy = x.double().square().sum(dim=(0, 2, 3))
             fractions.append(float(energy[narrow:].sum() / energy.sum().clamp_min(1e-30)))
     return fractions
