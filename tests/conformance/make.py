@@ -55,7 +55,10 @@ MANIFEST = HERE / "manifest.json"
 MODEL_FOLDERS = (HERE / "models", ROOT / "weights-archive")
 
 #: Installed models, each coded at its lowest and highest quality on SHIPPED_IMAGES.
-SHIPPED = ("gllmm@7", "gllmm@8", "gllmm@9", "gllmm@10", "gllmm-msssim@2", "gllmm-msssim@3", "gllmm-msssim@4")
+SHIPPED = (
+    *(f"gllmm@{version}" for version in range(7, 12)),
+    *(f"gllmm-msssim@{version}" for version in range(2, 5)),
+)
 SHIPPED_IMAGES = ("rgb-37x53.png", "gray-21x30.png")
 BACKBONES = ("residual", "crm")
 FAMILIES = ("gaussian", "gmm", "laplacian-mixture", "logistic-mixture", "gllmm")
