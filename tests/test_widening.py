@@ -44,28 +44,33 @@ def test_the_widened_synthesis_reconstructs_the_same_image(backbone):
     assert new_channel_energy(wide.g_s, narrow.analyse(x, 2).round(), 8, 12) == [0.0] * 7  # stages 2-8 are 12 wide
 
 
+def train_briefly(transform: torch.nn.Module, loss) -> None:
+    """Four Adam steps on ``loss()``, asserting that every entry of ``transform`` that was
+    zero before them moves: widening leaves no new channel zero on both sides."""
+    zeros = {name: p.detach() == 0 for name, p in transform.named_parameters()}
+    assert sum(int(z.sum()) for z in zeros.values()) > 1000
+    optimizer = torch.optim.Adam(transform.parameters(), lr=1e-3)
+    for _ in range(4):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    for name, p in transform.named_parameters():
+        if zeros[name].any():
+            assert (p.detach()[zeros[name]] != 0).any(), name
+
+
 def test_new_channels_of_the_widened_synthesis_wake_up():
     """Every entry that widening sets to zero (new stream channels' writes, new internal
-    channels' reads) moves within a few steps, and the new stream channels carry energy:
-    no new channel is zero on both sides."""
+    channels' reads) moves within a few steps, and the new stream channels carry energy."""
     config = ModelConfig(n=8, m=8, hidden=(16, 24), qualities=1)
     narrow = trained_like(config, seed=1)
     wide = ContextMixtureModel(dataclasses.replace(config, n_s=12))
     load_matching(wide, narrow.state_dict())
-    zeros = {name: p.detach() == 0 for name, p in wide.g_s.named_parameters()}
-    assert sum(int(z.sum()) for z in zeros.values()) > 1000
     torch.manual_seed(2)
     x = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
         y_hat = wide.analyse(x, 1).round()
-    optimizer = torch.optim.Adam(wide.g_s.parameters(), lr=1e-3)
-    for _ in range(4):
-        optimizer.zero_grad()
-        (wide.synthesize(y_hat, 1) - x).square().mean().backward()
-        optimizer.step()
-    for name, p in wide.g_s.named_parameters():
-        if zeros[name].any():
-            assert (p.detach()[zeros[name]] != 0).any(), name
+    train_briefly(wide.g_s, lambda: (wide.synthesize(y_hat, 1) - x).square().mean())
     assert min(new_channel_energy(wide.g_s, y_hat, 8, 12)) > 0
 
 
@@ -90,19 +95,10 @@ def test_new_channels_of_the_widened_analysis_wake_up():
     narrow = trained_like(config, seed=2)
     wide = ContextMixtureModel(dataclasses.replace(config, n_a=12))
     load_matching(wide, narrow.state_dict())
-    zeros = {name: p.detach() == 0 for name, p in wide.g_a.named_parameters()}
-    assert sum(int(z.sum()) for z in zeros.values()) > 1000
     torch.manual_seed(5)
     x = torch.rand(4, 3, 64, 64)
     target = torch.randn_like(wide.analyse(x, 1))
-    optimizer = torch.optim.Adam(wide.g_a.parameters(), lr=1e-3)
-    for _ in range(4):
-        optimizer.zero_grad()
-        (wide.analyse(x, 1) - target).square().mean().backward()
-        optimizer.step()
-    for name, p in wide.g_a.named_parameters():
-        if zeros[name].any():
-            assert (p.detach()[zeros[name]] != 0).any(), name
+    train_briefly(wide.g_a, lambda: (wide.analyse(x, 1) - target).square().mean())
     assert min(new_channel_energy(wide.g_a, x, 8, 12)) > 0
 
 
