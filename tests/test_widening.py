@@ -27,12 +27,19 @@ def trained_like(config: ModelConfig, seed: int = 0) -> ContextMixtureModel:
     return model
 
 
+def narrow_and_wide(config: ModelConfig, seed: int, **widths: int) -> tuple[ContextMixtureModel, ContextMixtureModel]:
+    """A trained-like model of ``config`` and the model with ``widths`` (``n_s``, ``n_a``)
+    that ``load_matching`` embeds it in, every tensor accounted for."""
+    narrow = trained_like(config, seed)
+    wide = ContextMixtureModel(dataclasses.replace(config, **widths))
+    assert load_matching(wide, narrow.state_dict()) == []
+    return narrow, wide
+
+
 @pytest.mark.parametrize("backbone", ["crm", "residual"])
 def test_the_widened_synthesis_reconstructs_the_same_image(backbone):
     config = ModelConfig(backbone=backbone, n=8, m=8, hidden=(16, 24), qualities=2)
-    narrow = trained_like(config)
-    wide = ContextMixtureModel(dataclasses.replace(config, n_s=12))
-    assert load_matching(wide, narrow.state_dict()) == []
+    narrow, wide = narrow_and_wide(config, 0, n_s=12)
     assert wide.g_s[-1][0].weight.shape[1] == 12
     x = torch.rand(2, 3, 64, 128)
     with torch.no_grad():
@@ -63,9 +70,7 @@ def test_new_channels_of_the_widened_synthesis_wake_up():
     """Every entry that widening sets to zero (new stream channels' writes, new internal
     channels' reads) moves within a few steps, and the new stream channels carry energy."""
     config = ModelConfig(n=8, m=8, hidden=(16, 24), qualities=1)
-    narrow = trained_like(config, seed=1)
-    wide = ContextMixtureModel(dataclasses.replace(config, n_s=12))
-    load_matching(wide, narrow.state_dict())
+    _, wide = narrow_and_wide(config, 1, n_s=12)
     torch.manual_seed(2)
     x = torch.rand(4, 3, 64, 64)
     with torch.no_grad():
@@ -77,9 +82,7 @@ def test_new_channels_of_the_widened_synthesis_wake_up():
 @pytest.mark.parametrize("backbone", ["crm", "residual"])
 def test_the_widened_analysis_gives_the_same_latent(backbone):
     config = ModelConfig(backbone=backbone, n=8, m=8, hidden=(16, 24), qualities=2)
-    narrow = trained_like(config, seed=3)
-    wide = ContextMixtureModel(dataclasses.replace(config, n_a=12, n_s=12))  # both at once
-    assert load_matching(wide, narrow.state_dict()) == []
+    narrow, wide = narrow_and_wide(config, 3, n_a=12, n_s=12)  # both at once
     assert wide.g_a[0].skip.weight.shape[0] == 12 and wide.g_a[-2].weight.shape[1] == 12
     x = torch.rand(2, 3, 64, 128)
     with torch.no_grad():
@@ -92,9 +95,7 @@ def test_the_widened_analysis_gives_the_same_latent(backbone):
 
 def test_new_channels_of_the_widened_analysis_wake_up():
     config = ModelConfig(n=8, m=8, hidden=(16, 24), qualities=1)
-    narrow = trained_like(config, seed=2)
-    wide = ContextMixtureModel(dataclasses.replace(config, n_a=12))
-    load_matching(wide, narrow.state_dict())
+    _, wide = narrow_and_wide(config, 2, n_a=12)
     torch.manual_seed(5)
     x = torch.rand(4, 3, 64, 64)
     target = torch.randn_like(wide.analyse(x, 1))
@@ -123,9 +124,7 @@ def test_a_model_with_wider_transforms_is_exported_and_codes_real_files(tmp_path
     """The widths travel in the weight file, and the widened model's files carry the
     latents the narrow model's do and decode to the same image."""
     config = ModelConfig(n=8, m=8, hidden=(16, 24))
-    narrow = trained_like(config, seed=6)
-    wide = ContextMixtureModel(dataclasses.replace(config, n_s=12, n_a=12))
-    load_matching(wide, narrow.state_dict())
+    narrow, wide = narrow_and_wide(config, 6, n_s=12, n_a=12)
     infos = {
         key: export(model.state_dict(), model.config, tmp_path / f"{key}.safetensors", name=key, lmbdas=[0.01])[0]
         for key, model in (("narrow", narrow), ("wide", wide))
