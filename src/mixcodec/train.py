@@ -37,7 +37,7 @@ from .errors import ConfigError, InputError
 from .losses import METRICS, rate_distortion_loss
 from .models.context_model import ARCHITECTURES, ContextMixtureModel, ModelConfig, rows_at
 from .models.transforms import BACKBONES
-from .models.widening import widen
+from .models.widening import WIDENING_RULES, widen
 
 
 @dataclass
@@ -79,6 +79,9 @@ class TrainConfig:
     # zero (0: no such channels)
     new_channels_from: int = 0
     new_channel_warmup: int = 0
+    # how ``--init`` fills the new channels of a wider g_s or g_a (``n_s``, ``n_a``): "zeros"
+    # or "copies" (:mod:`mixcodec.models.widening`)
+    widen_rule: str = "zeros"
     checkpoint_minutes: float = 10.0
     checkpoint_part_mib: float = 0.0  # > 0: checkpoints larger than this are written split (``atomic_save``)
     val_every: int = 0  # steps between validations on real files (``train(val=...)``); 0: only at the end
@@ -98,6 +101,8 @@ class TrainConfig:
             raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
         if self.family and self.family not in ENTROPY_FAMILIES:
             raise ConfigError(f"unknown entropy family {self.family!r}; choose one of {', '.join(ENTROPY_FAMILIES)}")
+        if self.widen_rule not in WIDENING_RULES:
+            raise ConfigError(f"unknown widen_rule {self.widen_rule!r}; choose one of {', '.join(WIDENING_RULES)}")
         if not self.lmbdas or sorted(self.lmbdas) != list(self.lmbdas) or min(self.lmbdas) <= 0:
             raise ConfigError(f"lmbdas must be positive and ascending (one per quality level), got {self.lmbdas}")
 
@@ -277,7 +282,7 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
 WIDENED_INIT_SCALE = 0.1
 
 
-def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor]) -> list[str]:
+def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor], widen_rule: str = "zeros") -> list[str]:
     """Copy the tensors of ``weights`` into ``model``; returns the names of the model's
     tensors left at their initialization (e.g. a resized entropy-parameter network, or
     gains of another number of quality levels).
@@ -295,15 +300,15 @@ def load_matching(model: ContextMixtureModel, weights: dict[str, torch.Tensor]) 
     read them, and their rate keeps them there (``TrainConfig.new_channels_from``).
 
     A narrower synthesis or analysis transform (smaller ``n_s`` or ``n_a``, same ``m``) is
-    embedded by its own rule, :func:`~.models.widening.widen`: the widened ``g_s``
+    embedded by :func:`~.models.widening.widen` with ``widen_rule``: the widened ``g_s``
     reconstructs the same image, the widened ``g_a`` gives the same latent.
     """
     last_synthesis = f"g_s.{len(model.g_s) - 1}.0.weight"  # (3·4, n_s, 3, 3)
     if last_synthesis in weights and weights[last_synthesis].shape[1] < model.config.n_s:
-        weights = {**weights, **widen(model.g_s, weights, "g_s.")}
+        weights = {**weights, **widen(model.g_s, weights, "g_s.", widen_rule)}
     first_analysis = "g_a.0.skip.weight"  # (n_a, 3, 1, 1)
     if first_analysis in weights and weights[first_analysis].shape[0] < model.config.n_a:
-        weights = {**weights, **widen(model.g_a, weights, "g_a.")}
+        weights = {**weights, **widen(model.g_a, weights, "g_a.", widen_rule)}
     own = model.state_dict()
     widening = "gains.log_gain" in weights and weights["gains.log_gain"].shape[-1] < model.config.m
     groups = model.latent_groups()
@@ -396,10 +401,16 @@ def _build(cfg: TrainConfig) -> tuple[ContextMixtureModel, _Optimizers]:
 
 
 def _restore(
-    model: ContextMixtureModel, optimizers: _Optimizers, checkpoint: Path | None, init: Path | None, rank: int
+    model: ContextMixtureModel,
+    optimizers: _Optimizers,
+    checkpoint: Path | None,
+    init: Path | None,
+    rank: int,
+    widen_rule: str,
 ) -> int:
     """Continue from ``checkpoint`` (weights, optimizer states, step) when given, else start
-    from the weights of ``init`` (:func:`load_matching`); returns the step to start at."""
+    from the weights of ``init`` (:func:`load_matching` with ``widen_rule``); returns the step
+    to start at."""
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
         model.load_state_dict(state["model"])
@@ -407,7 +418,7 @@ def _restore(
         optimizers.aux.load_state_dict(state["aux_optimizer"])
         return state["step"]
     if init is not None:
-        fresh = load_matching(model, initial_weights(Path(init)))
+        fresh = load_matching(model, initial_weights(Path(init)), widen_rule)
         if fresh and rank == 0:
             print(f"--init {init}: not in it (or of another shape), left at their initialization: {', '.join(fresh)}")
     return 0
@@ -573,7 +584,8 @@ def train(
         torch.set_num_threads(cfg.threads)
     model, optimizers = _build(cfg)
     ckpt_path = out / "last.pt"
-    step = _restore(model, optimizers, ckpt_path if resume and checkpoint_exists(ckpt_path) else None, init, rank)
+    checkpoint = ckpt_path if resume and checkpoint_exists(ckpt_path) else None
+    step = _restore(model, optimizers, checkpoint, init, rank, cfg.widen_rule)
     model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
