@@ -73,16 +73,21 @@ def test_the_widened_synthesis_reconstructs_the_same_image(backbone, rule):
     assert_new_channels_start(rule, new_channel_energy(wide.g_s, narrow.analyse(x, 2).round(), 8, 12))
 
 
+def adam_steps(module: torch.nn.Module, loss, steps: int = 4) -> None:
+    """``steps`` Adam steps (lr 1e-3) on ``loss()`` over the parameters of ``module``."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+
+
 def train_briefly(transform: torch.nn.Module, loss) -> None:
     """Four Adam steps on ``loss()``, asserting that every entry of ``transform`` that was
     zero before them moves: widening leaves no new channel zero on both sides."""
     zeros = {name: p.detach() == 0 for name, p in transform.named_parameters()}
     assert sum(int(z.sum()) for z in zeros.values()) > 1000
-    optimizer = torch.optim.Adam(transform.parameters(), lr=1e-3)
-    for _ in range(4):
-        optimizer.zero_grad()
-        loss().backward()
-        optimizer.step()
+    adam_steps(transform, loss)
     for name, p in transform.named_parameters():
         if zeros[name].any():
             assert (p.detach()[zeros[name]] != 0).any(), name
@@ -155,11 +160,7 @@ def test_copies_start_as_their_sources_and_drift_apart(transform):
         loss = lambda: (wide.analyse(x, 1) - target).square().mean()  # noqa: E731
     else:
         loss = lambda: (wide.synthesize(y_hat, 1) - x).square().mean()  # noqa: E731
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
-    for _ in range(4):
-        optimizer.zero_grad()
-        loss().backward()
-        optimizer.step()
+    adam_steps(module, loss)
     assert largest_gap() > 1e-3
 
 
