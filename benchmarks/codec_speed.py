@@ -2,6 +2,8 @@
 
     python benchmarks/codec_speed.py ../shared/data/kodak [--limit 4] [--repeats 3] [-o speed.json]
         [--compressai-python ../venvs/cai/bin/python]
+    python benchmarks/codec_speed.py ../shared/data/kodak --limit 6 --repeats 1 --threads 2 \
+        --models gllmm:4,weights-archive/gllmm-v7.safetensors:4     # a file beside the shipped one
 
 Each (codec, thread count) runs in a fresh process so peak memory (max RSS) is its
 own.  When ``compressai`` is importable (by this Python, or by the one given with
@@ -33,10 +35,13 @@ def worker(kind: str, model: str, threads: int, images: list[str], repeats: int)
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images]
     if kind == "mixcodec":
         from mixcodec import codec
-        from mixcodec.models.registry import find_model, load_model
+        from mixcodec.models.registry import find_model, load_model, read_infos
 
         name, _, quality = model.partition(":")
-        info = find_model(name, int(quality) if quality else None)
+        if name.endswith(".safetensors"):
+            info = next(i for i in read_infos(Path(name)) if i.quality == int(quality))
+        else:
+            info = find_model(name, int(quality) if quality else None)
         load_model(info)
 
         def encode(a):
@@ -99,7 +104,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("-o", "--output", type=Path, default=Path("speed.json"))
-    parser.add_argument("--models", help="comma-separated NAME:QUALITY of installed models (default: all)")
+    parser.add_argument(
+        "--models",
+        help="comma-separated NAME:QUALITY of installed models, or FILE.safetensors:QUALITY of weight files "
+        "to time side by side with them (an archived version, a candidate); default: every installed model",
+    )
     parser.add_argument(
         "--compressai-python", default=sys.executable, help="Python interpreter that can import compressai"
     )
@@ -118,11 +127,14 @@ def main() -> None:
     images = [str(p) for p in list_images(args.dataset)[: args.limit]]
     jobs = [("mixcodec", f"{i.name}:{i.quality}") for i in installed_models()]
     if args.models:
-        jobs = [job for job in jobs if job[1] in args.models.split(",")]
+        wanted = args.models.split(",")
+        files = [("mixcodec", spec) for spec in wanted if spec.partition(":")[0].endswith(".safetensors")]
+        jobs = [job for job in jobs if job[1] in wanted] + files
     if subprocess.run([args.compressai_python, "-c", "import compressai"], capture_output=True).returncode == 0:
         jobs += [("compressai", str(n)) for n in sorted({i.config.n for i in installed_models()})]
     else:
         print(f"{args.compressai_python} cannot import compressai: no side-by-side comparison (see the README)")
+    width = max(14, *(len(model) + 2 for _, model in jobs))
     results = []
     for kind, model in jobs:
         for threads in map(int, args.threads.split(",")):
@@ -146,7 +158,7 @@ def main() -> None:
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             r = results[-1]
             print(
-                f"{kind:<11}{model:<14}N={r['n']:<5}threads={threads}  "
+                f"{kind:<11}{model:<{width}}N={r['n']:<5}threads={threads}  "
                 f"encode {r['encode_s']:.2f} s  decode {r['decode_s']:.2f} s  peak {r['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
