@@ -35,13 +35,10 @@ def worker(kind: str, model: str, threads: int, images: list[str], repeats: int)
     arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images]
     if kind == "mixcodec":
         from mixcodec import codec
-        from mixcodec.models.registry import find_model, load_model, read_infos
+        from mixcodec.models.registry import find_model, load_model
 
         name, _, quality = model.partition(":")
-        if name.endswith(".safetensors"):
-            info = next(i for i in read_infos(Path(name)) if i.quality == int(quality))
-        else:
-            info = find_model(name, int(quality) if quality else None)
+        info = find_model(name, int(quality) if quality else None)  # an installed name or a weight file
         load_model(info)
 
         def encode(a):
