@@ -127,6 +127,9 @@ def main() -> None:
         wanted = args.models.split(",")
         files = [("mixcodec", spec) for spec in wanted if spec.partition(":")[0].endswith(".safetensors")]
         jobs = [job for job in jobs if job[1] in wanted] + files
+        unknown = [spec for spec in wanted if spec not in {model for _, model in jobs}]
+        if unknown:
+            parser.error(f"--models: no installed model {', '.join(unknown)} (`mixcodec models` lists them)")
     if subprocess.run([args.compressai_python, "-c", "import compressai"], capture_output=True).returncode == 0:
         jobs += [("compressai", str(n)) for n in sorted({i.config.n for i in installed_models()})]
     else:
