@@ -429,6 +429,21 @@ def test_loss_weights_each_image_with_its_lambda_and_weight():
     )
 
 
+def test_level_weights_are_the_median_lambda_ratio_to_the_balance_power():
+    from mixcodec.train import _Levels
+
+    ladder = [1.0, 4.0, 16.0]
+    weights = {
+        (balance, power): _Levels.of(tiny_config(lmbdas=ladder, balance_levels=balance, balance_power=power), 0).weights
+        for balance, power in [(True, 0.5), (True, 0.25), (True, 0.0), (False, 0.25)]
+    }
+    assert weights[True, 0.5].tolist() == pytest.approx([2.0, 1.0, 0.5])
+    assert weights[True, 0.25].tolist() == pytest.approx([2**0.5, 1.0, 2**-0.5])
+    assert weights[True, 0.0].tolist() == weights[False, 0.25].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(ConfigError, match="balance_power"):
+        tiny_config(balance_power=1.5)
+
+
 def test_decoder_fine_tuning_leaves_what_files_code_unchanged(tmp_path):
     """The freeze list of the decoder fine-tuning preset: only the synthesis and its gains learn."""
     data = tmp_path / "data"

@@ -54,9 +54,11 @@ class TrainConfig:
     hidden: list[int] = dataclasses.field(default_factory=list)  # empty: the architecture's widths, scaled by n
     metric: str = "mse"
     lmbdas: list[float] = dataclasses.field(default_factory=lambda: [0.0067])  # one quality level per λ, ascending
-    # loss of a crop at level q times sqrt(median λ / λ_q): the losses at high λ are much larger, and
-    # without this they dominate the gradients of the parameters shared by all levels
+    # loss of a crop at level q times (median λ / λ_q)^balance_power: the losses at high λ are much
+    # larger, and without this they dominate the gradients of the parameters shared by all levels;
+    # a smaller power gives the high qualities more of those parameters (0.5: the square root)
     balance_levels: bool = False
+    balance_power: float = 0.5
     crop: int = 256
     batch: int = 8
     steps: int = 1_500_000
@@ -105,6 +107,8 @@ class TrainConfig:
             raise ConfigError(f"unknown widen_rule {self.widen_rule!r}; choose one of {', '.join(WIDENING_RULES)}")
         if not self.lmbdas or sorted(self.lmbdas) != list(self.lmbdas) or min(self.lmbdas) <= 0:
             raise ConfigError(f"lmbdas must be positive and ascending (one per quality level), got {self.lmbdas}")
+        if not 0 <= self.balance_power <= 1:
+            raise ConfigError(f"balance_power must be between 0 and 1, got {self.balance_power}")
 
     def model_config(self) -> ModelConfig:
         base = ARCHITECTURES[self.architecture]
@@ -492,8 +496,8 @@ def _distributed(model: ContextMixtureModel, world: int) -> torch.nn.Module:
 @dataclass
 class _Levels:
     """The λ ladder as a training objective: a random quality level per crop, its λ and
-    the weight of its loss (``balance_levels``: ``sqrt(median λ / λ)``, so that every
-    level moves the shared parameters about as much)."""
+    the weight of its loss (``balance_levels``: ``(median λ / λ)^balance_power``, by default
+    the square root, so that every level moves the shared parameters about as much)."""
 
     lmbdas: torch.Tensor
     weights: torch.Tensor
@@ -502,7 +506,7 @@ class _Levels:
     @classmethod
     def of(cls, cfg: TrainConfig, seed: int) -> "_Levels":
         lmbdas = torch.tensor(cfg.lmbdas)
-        weights = (lmbdas.median() / lmbdas).sqrt() if cfg.balance_levels else torch.ones_like(lmbdas)
+        weights = (lmbdas.median() / lmbdas) ** cfg.balance_power if cfg.balance_levels else torch.ones_like(lmbdas)
         return cls(lmbdas, weights, torch.Generator().manual_seed(seed))
 
     def draw(self, batch: int) -> torch.Tensor:
