@@ -204,5 +204,14 @@ def test_a_model_with_wider_transforms_is_exported_and_codes_real_files(tmp_path
     files = {key: codec.compress(image, model=info) for key, info in infos.items()}
     latents = {key: codec.decode_latents(files[key], model=info)[2] for key, info in infos.items()}
     np.testing.assert_array_equal(latents["wide"].numpy(), latents["narrow"].numpy())
-    decoded = {key: np.asarray(codec.decompress(files[key], model=info), dtype=int) for key, info in infos.items()}
-    assert np.abs(decoded["wide"] - decoded["narrow"]).max() <= 1
+    decoded = {key: np.asarray(codec.decompress(files[key], model=info)) for key, info in infos.items()}
+    assert decoded["wide"].shape == decoded["narrow"].shape == (64, 96, 3)
+    # The same synthesis as the decoder's (the loaded fp16 weights, channels-last latents),
+    # before clamping: this trained-like model's output reaches millions in units of the
+    # 0-1 range, where the decoded pixels are mostly clamped and compare nothing, and its
+    # convolutions choose kernels by channel count, so the two models' sums round differently.
+    y_hat = latents["narrow"].float().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = {key: load_model(info).synthesize(y_hat, 1) for key, info in infos.items()}
+    peak = float(out["narrow"].abs().max())
+    torch.testing.assert_close(out["wide"], out["narrow"], rtol=1e-5, atol=1e-5 * peak)
