@@ -56,7 +56,7 @@ MODEL_FOLDERS = (HERE / "models", ROOT / "weights-archive")
 
 #: Installed models, each coded at its lowest and highest quality on SHIPPED_IMAGES.
 SHIPPED = (
-    *(f"gllmm@{version}" for version in range(7, 17)),
+    *(f"gllmm@{version}" for version in range(7, 18)),
     *(f"gllmm-msssim@{version}" for version in range(2, 6)),
 )
 SHIPPED_IMAGES = ("rgb-37x53.png", "gray-21x30.png")
