@@ -28,7 +28,8 @@ reference hashes of the entries made before 0.6.3 were added in the eighteenth s
 Entries are never rewritten: an existing file must keep decoding to the same pixels and
 latents for ever (``tests/test_conformance.py`` checks every one in the default test run,
 and that re-encoding the image gives the same bytes).  To add a model version, add its
-``name@version`` to :data:`SHIPPED` and run this script; commit the new files with it.
+release to the catalog (``weights-archive/catalog.py build``) and run this script; commit
+the new files with it.
 Files of a release before 0.2.0 name the whole-file digest of their weights
 (``"encoder"`` is that release's commit); re-encoding them today gives the same streams
 under the model digest.
@@ -48,17 +49,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mixcodec.models import releases
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MANIFEST = HERE / "manifest.json"
 #: Folders of weights the entries need: the tiny models here and the repository's archive of released weights.
 MODEL_FOLDERS = (HERE / "models", ROOT / "weights-archive")
 
-#: Installed models, each coded at its lowest and highest quality on SHIPPED_IMAGES.
-SHIPPED = (
-    *(f"gllmm@{version}" for version in range(7, 18)),
-    *(f"gllmm-msssim@{version}" for version in range(2, 6)),
-)
+#: The first version of each model coded here by the current encoder (the manifest began with these; files of
+#: earlier releases' own code come in through ``--release-src``).
+FIRST_CODED = {"gllmm": 7, "gllmm-msssim": 2}
+#: Released models, each coded at its lowest and highest quality on SHIPPED_IMAGES: every version of the package's
+#: catalog (``mixcodec/models/releases.json``) from FIRST_CODED on, so a release only needs the catalog rebuilt.
+SHIPPED = tuple(f"{r.name}@{r.version}" for r in releases.catalog() if r.version >= FIRST_CODED[r.name])
 SHIPPED_IMAGES = ("rgb-37x53.png", "gray-21x30.png")
 BACKBONES = ("residual", "crm")
 FAMILIES = ("gaussian", "gmm", "laplacian-mixture", "logistic-mixture", "gllmm")
