@@ -13,7 +13,7 @@ prints its table (codec names ``gllmm`` and ``gllmm:eE``, as ``mixcodec eval`` w
 its ``--reuse`` takes these rows).  BD-rate is computed from the per-quality means over the
 images; ``s/iter`` is the extra encode time over effort 0 per refinement iteration.
 ``--crop WxH`` codes the top-left crop of each image (written to a temporary folder).
-``--fp32`` refines in float32 on a CPU where bf16 is fast (AMX), where it would otherwise run
+``--fp32`` refines in float32 on a CPU where bf16 is fast (AMX or AVX512-BF16), where it would otherwise run
 the relaxed steps in bf16 (the JSON's ``refine_bf16`` says which).
 ``--anchors ROWS`` (e.g. ``docs/results/kodak/rows.csv`` of ``mixcodec eval``) adds the BD-rate
 of every effort level against each other codec in that file, on the same images.  Prints a

@@ -276,6 +276,16 @@ def test_bf16_runs_the_relaxed_steps_in_bf16_and_the_checks_in_float32(tiny_mode
     assert result.loss == objective.hard(result.y_hat, result.z_hat) <= result.initial_loss
 
 
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "fast"),
+    [(False, False, False), (True, False, True), (False, True, True), (True, True, True)],
+)
+def test_bf16_is_fast_with_amx_tiles_or_avx512_bf16(monkeypatch, amx, avx512_bf16, fast):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert refine.bf16_is_fast() is fast
+
+
 @pytest.mark.parametrize("fast", [False, True])
 def test_compress_refines_in_bf16_where_the_cpu_makes_it_fast(installed_tiny, fast_levels, monkeypatch, fast):
     monkeypatch.setattr(refine, "bf16_is_fast", lambda: fast)

@@ -15,11 +15,12 @@ import torch
 from PIL import Image
 
 from conftest import smooth_image
+from mixcodec import train as training
 from mixcodec.errors import ConfigError
 from mixcodec.eval import read_rows
 from mixcodec.models.context_model import ContextMixtureModel, ModelConfig
 from mixcodec.models.registry import load_model, read_infos
-from mixcodec.train import TrainConfig, load_preset, reanchor_levels, to_toml, train
+from mixcodec.train import TrainConfig, bf16_hint, load_preset, reanchor_levels, to_toml, train
 
 
 def tiny_config(**changes) -> TrainConfig:
@@ -292,6 +293,28 @@ def test_learning_rate_warms_up_then_drops():
     cfg = tiny_config(lr=1e-4, lr_final=1e-5, warmup_steps=4, steps=100, lr_drop_at=0.9)
     assert [learning_rate(cfg, s) for s in range(5)] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4])
     assert learning_rate(cfg, 89) == 1e-4 and learning_rate(cfg, 90) == 1e-5
+
+
+@pytest.mark.parametrize(
+    ("bf16", "fast", "hint"),
+    [(False, False, None), (True, True, None), (False, True, "bf16 = true"), (True, False, "float32 is faster")],
+)
+def test_bf16_hint_says_when_the_preset_does_not_suit_the_cpu(monkeypatch, bf16, fast, hint):
+    monkeypatch.setattr(training, "bf16_is_fast", lambda: fast)
+    message = bf16_hint(tiny_config(bf16=bf16), "cpu")
+    assert message is None if hint is None else hint in message
+    assert bf16_hint(tiny_config(bf16=bf16), "cuda") is None
+
+
+def test_training_prints_the_bf16_hint_once_on_stderr(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(training, "bf16_is_fast", lambda: True)
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(smooth_image(80, 90)).save(data / "0.png")
+    train(tiny_config(steps=1, bf16=False), data, tmp_path / "run", device="cpu")
+    assert [line for line in capsys.readouterr().err.splitlines() if "bf16" in line] == [
+        bf16_hint(tiny_config(), "cpu")
+    ]
 
 
 def test_init_from_a_model_of_another_shape_keeps_what_fits(tmp_path, capsys):

@@ -22,7 +22,7 @@ model's estimate) than effort 0.  The result is ``ŷ`` and ``ẑ`` as ``quantize
 gives them: integers, and ``ẑ`` on the medians grid, so the exact coding path writes an
 ordinary file and the decoder does not change.
 
-On CPUs that multiply bf16 matrices in hardware (Intel AMX, :func:`bf16_is_fast`) the relaxed
+On CPUs that multiply bf16 matrices in hardware (Intel AMX, AVX512-BF16; :func:`bf16_is_fast`) the relaxed
 steps run under bf16 autocast (:attr:`Annealing.bf16`), about twice as fast for files of the
 same size and quality (docs/effort.md); the entropy model's likelihoods stay float32 and the
 hard-rounded checks that choose the result are float32 throughout.
@@ -31,7 +31,7 @@ Deterministic: a seeded generator draws the noise in a fixed order, so the same 
 the same bytes in any process with the same number of threads on the same machine.
 Floating-point sums in the convolutions depend on the thread count: the shipped model
 writes different (equally valid) refined files with 1 and 2 threads (docs/effort.md), and
-so do machines with and without AMX.
+so do machines with and without hardware bf16.
 """
 
 from __future__ import annotations
@@ -63,11 +63,13 @@ _MS_SSIM_MIN_SIDE = 161
 
 
 def bf16_is_fast() -> bool:
-    """Whether this CPU has AMX tiles, which multiply bf16 matrices in hardware: there bf16
-    autocast runs a refinement step's synthesis pass 2-3x faster than float32 (measured on
-    an Intel Xeon with AMX, docs/effort.md); without them bf16 is slower than float32."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own CPU feature probe
-    return bool(probe is not None and probe())
+    """Whether this CPU multiplies bf16 matrices in hardware: AMX tiles (Intel Xeon, Sapphire
+    Rapids and later) or the AVX512-BF16 dot products (``avx512_bf16``: AMD EPYC of the Zen 4
+    generation, Intel Cooper Lake).  There bf16 autocast runs a refinement step's synthesis
+    pass about 2x faster than float32 (docs/effort.md); without them (AVX2, plain AVX-512)
+    bf16 is slower than float32."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch's own CPU feature probes
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def effort_iterations(effort: int) -> int:
