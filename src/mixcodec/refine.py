@@ -22,10 +22,10 @@ model's estimate) than effort 0.  The result is ``ŷ`` and ``ẑ`` as ``quantize
 gives them: integers, and ``ẑ`` on the medians grid, so the exact coding path writes an
 ordinary file and the decoder does not change.
 
-On CPUs that multiply bf16 matrices in hardware (Intel AMX, AVX512-BF16; :func:`bf16_is_fast`) the relaxed
-steps run under bf16 autocast (:attr:`Annealing.bf16`), about twice as fast for files of the
-same size and quality (docs/effort.md); the entropy model's likelihoods stay float32 and the
-hard-rounded checks that choose the result are float32 throughout.
+On CPUs that multiply bf16 matrices in hardware (Intel AMX, AVX512-BF16; :func:`bf16_is_fast`)
+the relaxed steps run under bf16 autocast (:attr:`Annealing.bf16`), 1.7-2x as fast for files
+of the same size and quality (docs/effort.md); the entropy model's likelihoods stay float32 and
+the hard-rounded checks that choose the result are float32 throughout.
 
 Deterministic: a seeded generator draws the noise in a fixed order, so the same input gives
 the same bytes in any process with the same number of threads on the same machine.
@@ -66,7 +66,7 @@ def bf16_is_fast() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware: AMX tiles (Intel Xeon, Sapphire
     Rapids and later) or the AVX512-BF16 dot products (``avx512_bf16``: AMD EPYC of the Zen 4
     generation, Intel Cooper Lake).  There bf16 autocast runs a refinement step's synthesis
-    pass about 2x faster than float32 (docs/effort.md); without them (AVX2, plain AVX-512)
+    pass 1.7-2x faster than float32 (docs/effort.md); without them (AVX2, plain AVX-512)
     bf16 is slower than float32."""
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch's own CPU feature probes
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
