@@ -17,7 +17,9 @@ images; ``s/iter`` is the extra encode time over effort 0 per refinement iterati
 the relaxed steps in bf16 (the JSON's ``refine_bf16`` says which).
 ``--anchors ROWS`` (e.g. ``docs/results/kodak/rows.csv`` of ``mixcodec eval``) adds the BD-rate
 of every effort level against each other codec in that file, on the same images.  Prints a
-table and writes JSON with the machine and versions.
+table, every curve's PSNR at 0.25, 0.5 and 1.0 bpp (:func:`mixcodec.eval.psnr_at_rates`: with
+two qualities, e.g. 7 and 8, the BD-rates are NaN but PSNR at 1.0 bpp is defined), and writes
+JSON with the machine and versions.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def main() -> None:
             }
         )
     versus: dict[str, dict[str, dict[str, float]]] = {}
+    anchors: dict[str, list[dict]] = {}
     if args.anchors:
         others = [r for r in ev.read_rows(args.anchors) if r.image in names and r.codec not in curves]
         anchors = {
@@ -184,6 +187,8 @@ def main() -> None:
                 f"{row[t['codec']]['psnr']:>+10.1f} /{row[t['codec']]['ms_ssim_db']:>+7.1f} " for t in table
             )
             print(f"{name:<14}{cells}")
+    at_rates = ev.psnr_at_rates({**curves, **anchors})
+    print(ev.psnr_at_rates_table(at_rates))
     args.output.write_text(
         json.dumps(
             {
@@ -195,6 +200,7 @@ def main() -> None:
                 "table": table,
                 "curves": curves,
                 "bd_rate_vs_anchors": versus,
+                "psnr_at_bpp": at_rates,
             },
             indent=1,
         )

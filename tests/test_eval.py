@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import smooth_image
-from mixcodec.eval import bd_rate, read_rows
+from mixcodec.eval import bd_rate, quality_at_rate, read_rows
 
 RATES = [0.1, 0.25, 0.5, 0.8, 1.2]
 PSNRS = [27.0, 29.5, 32.0, 34.0, 36.0]
@@ -29,6 +29,16 @@ def test_halving_every_rate_gives_minus_fifty_percent():
 
 def test_bd_rate_is_nan_without_overlap():
     assert np.isnan(bd_rate(RATES, PSNRS, RATES, [p + 20 for p in PSNRS]))
+
+
+def test_quality_at_rate_interpolates_linearly_and_never_extrapolates():
+    points = [{"bpp": b, "psnr": p} for b, p in zip(RATES, PSNRS)]
+    assert quality_at_rate(points, 1.0) == pytest.approx(35.0)  # halfway between 0.8/34 and 1.2/36
+    assert quality_at_rate(points, 0.25) == pytest.approx(29.5)
+    assert quality_at_rate(points, 1.2) == pytest.approx(36.0)
+    assert np.isnan(quality_at_rate(points, 1.21))
+    assert np.isnan(quality_at_rate(points, 0.09))
+    assert np.isnan(quality_at_rate([], 1.0))
 
 
 def test_eval_writes_csv_json_and_plot(tmp_path, installed_tiny):
@@ -73,6 +83,10 @@ def test_eval_writes_csv_json_and_plot(tmp_path, installed_tiny):
     assert result["bd_rate"]["published:paper"]["published:paper"]["psnr"] == pytest.approx(0.0, abs=1e-9)
     assert set(result["bd_rate"]["tiny"]) == {"tiny", "jpeg", "webp", "published:paper"}
     assert "tiny vs paper:" in proc.stdout
+    assert "PSNR (dB) at equal rate" in proc.stdout
+    for name, points in result["curves"].items():
+        assert result["psnr_at_bpp"][name]["1.0"] == pytest.approx(quality_at_rate(points, 1.0), nan_ok=True)
+    assert np.isfinite(result["psnr_at_bpp"]["jpeg"]["1.0"])  # JPEG's 11 qualities span 1.0 bpp
     assert result["environment"]["torch"]
     for plot in ("rd.png", "visual-1.png"):
         assert (tmp_path / "out" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

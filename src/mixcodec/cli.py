@@ -502,6 +502,7 @@ def eval_command(dataset, models, codecs, reference, limit, visual, reuse, out) 
     click.echo(" " * 14 + "".join(f"{n[:12]:>13}" for n in names))
     for n in names:
         click.echo(f"{n[:13]:<14}" + "".join(f"{result['bd_rate'][n][a]['psnr']:>13.1f}" for a in names))
+    click.echo(ev.psnr_at_rates_table(result["psnr_at_bpp"]))
     if published:
         click.echo("BD-rate % vs published curves (PSNR / MS-SSIM dB; nan: too few points or no overlap):")
         for n in [c.name for c in learned]:

@@ -337,7 +337,8 @@ PUBLISHED_PREFIX = "published:"
 
 
 def write_results(rows: list[Row], out: Path, published: dict[str, list[dict]] | None = None) -> dict:
-    """Write ``rows.csv`` and ``results.json`` (curves, BD-rates, environment) to ``out``.
+    """Write ``rows.csv`` and ``results.json`` (curves, BD-rates, PSNR at :data:`RATES_OF_INTEREST`,
+    environment) to ``out``.
 
     ``published`` curves (from :func:`read_reference`) take part in the BD-rate table
     under the name ``published:<codec>``.
@@ -346,9 +347,48 @@ def write_results(rows: list[Row], out: Path, published: dict[str, list[dict]] |
     write_rows(rows, out / "rows.csv")
     curves = mean_curve(rows)
     everything = {**curves, **{PUBLISHED_PREFIX + k: v for k, v in (published or {}).items()}}
-    result = {"environment": environment(), "curves": curves, "bd_rate": bd_table(everything)}
+    result = {
+        "environment": environment(),
+        "curves": curves,
+        "bd_rate": bd_table(everything),
+        "psnr_at_bpp": psnr_at_rates(curves),
+    }
     (out / "results.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+RATES_OF_INTEREST = (0.25, 0.5, 1.0)
+"""bpp at which ``mixcodec eval`` reports each curve's PSNR (``results.json``: ``psnr_at_bpp``)."""
+
+
+def quality_at_rate(points: list[dict], bpp: float, key: str = "psnr") -> float:
+    """``key`` (PSNR or MS-SSIM dB) of a mean curve at ``bpp``, linear between its two neighbouring points.
+
+    ``points`` as :func:`mean_curve` gives them (sorted by bpp).  NaN where the curve does not
+    reach ``bpp`` on both sides: no extrapolation.
+    """
+    rates = [p["bpp"] for p in points]
+    if not points or not rates[0] <= bpp <= rates[-1]:
+        return float("nan")
+    return float(np.interp(bpp, rates, [p[key] for p in points]))
+
+
+def psnr_at_rates(curves: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Every curve's PSNR (dB) at :data:`RATES_OF_INTEREST`, keyed by ``str(bpp)`` ("0.25", ..., "1.0")."""
+    return {
+        name: {str(bpp): quality_at_rate(points, bpp) for bpp in RATES_OF_INTEREST} for name, points in curves.items()
+    }
+
+
+def psnr_at_rates_table(at_rates: dict[str, dict[str, float]]) -> str:
+    """:func:`psnr_at_rates` as the text table that ``mixcodec eval`` prints."""
+    lines = [
+        "PSNR (dB) at equal rate, linear on the mean curves (nan: the curve does not reach it):",
+        " " * 14 + "".join(f"{f'{bpp:g} bpp':>11}" for bpp in RATES_OF_INTEREST),
+    ]
+    for name, values in at_rates.items():
+        lines.append(f"{name[:13]:<14}" + "".join(f"{value:>11.2f}" for value in values.values()))
+    return "\n".join(lines)
 
 
 def bd_table(curves: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, float]]]:
