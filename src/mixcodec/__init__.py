@@ -8,7 +8,7 @@ first use, so ``import mixcodec.bitstream`` (reading a header) stays light.
 Every error a user can cause is a :class:`MixcodecError` (:mod:`mixcodec.errors`).
 """
 
-__version__ = "0.19.0"
+__version__ = "0.20.0"
 
 from . import pillow_plugin  # noqa: E402
 from .errors import ConfigError, FormatError, InputError, MixcodecError, ModelNotFound, ModelNotFoundError  # noqa: E402
